@@ -1,0 +1,136 @@
+"""The contract every head kind follows: fit on features, predict probabilities, save as tensors.
+
+A head is a scikit-learn style estimator. The constructor only stores hyperparameters;
+``fit(X, y)`` validates and returns ``self``; learned state ends in ``_`` (``classes_``);
+``predict_proba`` columns follow ``classes_``. ``to_state`` / ``from_state`` turn a fitted head
+into a :class:`HeadState` (a JSON config plus named float tensors) and back, which is all that is
+ever stored: no pickle, so loading a head can never run code.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
+
+import numpy as np
+from safetensors.numpy import load as load_tensors
+from safetensors.numpy import save as save_tensors
+
+
+class NotFittedError(RuntimeError):
+    """A head was used before ``fit`` (or ``from_state``) gave it learned state."""
+
+
+class TrainingDataError(ValueError):
+    """The examples cannot train this kind of head (too few labels, mismatched lengths, ...)."""
+
+
+class HeadStateError(ValueError):
+    """Stored state does not describe a valid head of the kind it names."""
+
+
+@dataclass(frozen=True)
+class HeadState:
+    """A head's complete saved form: JSON-serialisable ``config`` and named float32 ``tensors``."""
+
+    config: dict[str, Any]
+    tensors: dict[str, np.ndarray]
+
+    @property
+    def kind(self) -> str:
+        return str(self.config["kind"])
+
+    def config_json(self) -> str:
+        return json.dumps(self.config, sort_keys=True, separators=(",", ":"))
+
+    def tensor_bytes(self) -> bytes:
+        return save_tensors({name: np.ascontiguousarray(t) for name, t in self.tensors.items()})
+
+    @classmethod
+    def from_serialized(cls, config_json: str, tensor_bytes: bytes) -> HeadState:
+        try:
+            config = json.loads(config_json)
+            tensors = load_tensors(tensor_bytes)
+        except Exception as exc:
+            raise HeadStateError(f"unreadable head state: {exc}") from exc
+        if not isinstance(config, dict) or "kind" not in config:
+            raise HeadStateError("head config must be a JSON object with a 'kind'")
+        return cls(config=config, tensors=tensors)
+
+    @property
+    def nbytes(self) -> int:
+        """Approximate in-memory size: tensors plus the config text."""
+        return sum(t.nbytes for t in self.tensors.values()) + len(self.config_json())
+
+
+def as_features(X: Any) -> np.ndarray:
+    """Check a feature matrix: 2-D, finite, float32."""
+    arr = np.asarray(X, dtype=np.float32)
+    if arr.ndim != 2:
+        raise TrainingDataError(f"features must be a 2-D array, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise TrainingDataError("features contain NaN or infinite values")
+    return arr
+
+
+def as_labels(y: Sequence[str], n_rows: int) -> np.ndarray:
+    labels = np.asarray([str(v) for v in y], dtype=object)
+    if labels.shape != (n_rows,):
+        raise TrainingDataError(f"got {n_rows} feature rows but {labels.shape[0]} labels")
+    return labels
+
+
+class Head(ABC):
+    """Base class of every head kind; subclasses set ``kind`` and implement the four methods."""
+
+    kind: ClassVar[str]
+    #: The smallest number of distinct labels this kind can learn from.
+    min_labels: ClassVar[int] = 2
+
+    classes_: list[str]
+    n_features_in_: int
+
+    @abstractmethod
+    def fit(self, X: np.ndarray, y: Sequence[str]) -> Self: ...
+
+    @abstractmethod
+    def predict_proba(self, X: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def to_state(self) -> HeadState: ...
+
+    @classmethod
+    @abstractmethod
+    def from_state(cls, state: HeadState) -> Self: ...
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "classes_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit first")
+
+    def _check_training_data(self, X: Any, y: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        features = as_features(X)
+        labels = as_labels(y, features.shape[0])
+        n_labels = len(set(labels.tolist()))
+        if n_labels < self.min_labels:
+            raise TrainingDataError(
+                f"a {self.kind} head needs at least {self.min_labels} distinct labels, "
+                f"got {n_labels}"
+            )
+        return features, labels
+
+    def _check_predict_input(self, X: Any) -> np.ndarray:
+        self._check_fitted()
+        features = as_features(X)
+        if features.shape[1] != self.n_features_in_:
+            raise TrainingDataError(
+                f"head expects {self.n_features_in_} features per row, got {features.shape[1]}"
+            )
+        return features
+
+    @classmethod
+    def _check_state_kind(cls, state: HeadState) -> None:
+        if state.kind != cls.kind:
+            raise HeadStateError(f"state is for a {state.kind!r} head, not {cls.kind!r}")

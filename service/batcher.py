@@ -1,0 +1,162 @@
+"""Cross-request micro-batching: inputs from concurrent calls of any tenant share backbone passes.
+
+Each call hands its prepared items (token ids) to :meth:`EmbeddingBatcher.embed` and awaits its
+rows. One worker task per process drains the queue: it sorts what is waiting by cost (token
+length), cuts it into batches whose padded size stays under a token budget, runs each batch on a
+single backbone thread and scatters the rows back to their callers. There is no waiting window:
+while a pass runs, new calls queue up and form the next batch, so a lone request is served at
+once and a busy process batches by itself.
+
+Two lanes keep interactive latency low while a training call embeds hundreds of texts:
+``interactive`` items (predict, classify, embed) are taken a whole round at a time; ``bulk`` items
+(training) are taken one batch per round, between interactive rounds, so neither lane starves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from service import metrics
+from service.backbone import Backbone
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class _Call:
+    """One caller's items and the future its rows go to."""
+
+    future: asyncio.Future[np.ndarray]
+    rows: np.ndarray
+    remaining: int
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(eq=False)
+class _Slot:
+    call: _Call
+    index: int
+    item: Any
+    cost: int
+
+
+class EmbeddingBatcher:
+    def __init__(self, backbone: Backbone, *, max_tokens: int, max_items: int) -> None:
+        self.backbone = backbone
+        self.max_tokens = max_tokens
+        self.max_items = max_items
+        self._interactive: list[_Slot] = []
+        self._bulk: list[_Slot] = []
+        self._wakeup: asyncio.Event | None = None
+        self._worker: asyncio.Task[None] | None = None
+        # One thread owns the backbone: torch parallelises inside a pass, not across passes.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graft-backbone")
+
+    async def embed(self, items: Sequence[Any], *, bulk: bool = False) -> np.ndarray:
+        """Features for already prepared ``items``, in order; waits for the shared passes."""
+        loop = asyncio.get_running_loop()
+        call = _Call(
+            future=loop.create_future(),
+            rows=np.empty((len(items), self.backbone.dim), dtype=np.float32),
+            remaining=len(items),
+        )
+        if not items:
+            return call.rows
+        slots = [_Slot(call, i, item, self.backbone.cost(item)) for i, item in enumerate(items)]
+        (self._bulk if bulk else self._interactive).extend(slots)
+        self._ensure_worker(loop).set()
+        return await call.future
+
+    def embed_now(self, items: Sequence[Any]) -> np.ndarray:
+        """Synchronous path for warm-up and tools: the same batching rules, no queue."""
+        costs = [self.backbone.cost(item) for item in items]
+        order = sorted(range(len(items)), key=costs.__getitem__)
+        out = np.empty((len(items), self.backbone.dim), dtype=np.float32)
+        for batch in cut_batches(order, costs.__getitem__, self.max_tokens, self.max_items):
+            out[batch] = self.backbone.forward([items[i] for i in batch])
+        return out
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _ensure_worker(self, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+        if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
+            self._wakeup = asyncio.Event()
+            self._worker = loop.create_task(self._drain(), name="graft-batcher")
+        assert self._wakeup is not None
+        return self._wakeup
+
+    async def _drain(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._interactive or self._bulk:
+                if self._interactive:
+                    round_, self._interactive = self._interactive, []
+                    for batch in self._batches(sorted(round_, key=_by_cost)):
+                        await self._run(batch)
+                if self._bulk:
+                    self._bulk.sort(key=_by_cost)
+                    batch = next(self._batches(self._bulk))
+                    del self._bulk[: len(batch)]
+                    await self._run(batch)
+
+    def _batches(self, ordered: list[_Slot]) -> Iterator[list[_Slot]]:
+        return cut_batches(ordered, _by_cost, self.max_tokens, self.max_items)
+
+    async def _run(self, batch: list[_Slot]) -> None:
+        live = [s for s in batch if not s.call.future.done()]  # callers that gave up are skipped
+        if not live:
+            return
+        now = time.perf_counter()
+        for slot in live:
+            metrics.BATCH_QUEUE_WAIT.observe(now - slot.call.queued_at)
+        metrics.BATCH_SIZE.observe(len(live))
+        metrics.BATCH_TOKENS.observe(len(live) * max(s.cost for s in live))
+        loop = asyncio.get_running_loop()
+        try:
+            rows = await loop.run_in_executor(
+                self._executor, self.backbone.forward, [s.item for s in live]
+            )
+        except Exception as exc:  # a failed pass fails only the calls that were in it
+            for slot in live:
+                if not slot.call.future.done():
+                    slot.call.future.set_exception(exc)
+            return
+        for slot, row in zip(live, rows, strict=True):
+            call = slot.call
+            if call.future.done():
+                continue
+            call.rows[slot.index] = row
+            call.remaining -= 1
+            if call.remaining == 0:
+                call.future.set_result(call.rows)
+
+
+def _by_cost(slot: _Slot) -> int:
+    return slot.cost
+
+
+def cut_batches(
+    ordered: Sequence[T], cost: Callable[[T], int], max_tokens: int, max_items: int
+) -> Iterator[list[T]]:
+    """Split cost-sorted items into batches whose padded size stays within ``max_tokens``."""
+    current: list[T] = []
+    for item in ordered:
+        # Sorted ascending, so this item is the longest yet: the batch would pad to its cost.
+        if current and (len(current) >= max_items or (len(current) + 1) * cost(item) > max_tokens):
+            yield current
+            current = []
+        current.append(item)
+    if current:
+        yield current

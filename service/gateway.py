@@ -1,0 +1,180 @@
+"""The ASGI front door of ``/v1`` routes: caller, media type, body size, validation, access log.
+
+It runs in front of BentoML's own handling, in this order, and answers the first failure itself
+with Graft's JSON error shape:
+
+1. authenticate (``Authorization`` / ``X-Tenant-ID``): 401, 403, or a bad tenant header 400;
+2. the body must be JSON: 415 for another ``Content-Type``;
+3. the body must fit ``GRAFT_MAX_BODY_BYTES``: 413, from ``Content-Length`` before reading, or
+   while reading a body sent without one;
+4. the body must match the route's request model: 400 naming the field.
+
+A request that passes is replayed to BentoML unchanged. Each request gets an ``X-Request-ID``
+(the caller's, if it sent a sane one) and one JSON access-log line with tenant, head, version,
+status and latency, never the body.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import bentoml
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.endpoint import CALLER_KEY, LOG_KEY, REQUEST_MODELS, error_response
+from service.errors import (
+    BadRequest,
+    GraftError,
+    InvalidJSON,
+    PayloadTooLarge,
+    UnknownKind,
+    UnsupportedMediaType,
+)
+
+access_log = logging.getLogger("graft.access")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_JSON_TYPES = {"application/json", ""}
+
+
+class Gateway:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.graft: Any = None  # the service instance, known once the lifespan has started it
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._bind_on_startup(send))
+            return
+        model = REQUEST_MODELS.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if model is None:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = Headers(scope=scope)
+        given_id = headers.get("x-request-id", "")
+        request_id = given_id if _REQUEST_ID.match(given_id) else uuid.uuid4().hex
+        record: dict[str, Any] = {"request_id": request_id, "route": scope["path"]}
+        scope[LOG_KEY] = record
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record["status"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            body = await self._admit(scope, receive, headers, model, record)
+        except GraftError as exc:
+            record["error"] = exc.code
+            await error_response(exc)(scope, receive, send_with_id)
+        else:
+            await self.app(scope, _replay(body, receive), send_with_id)
+        finally:
+            record["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
+            access_log.info("request", extra=record)
+
+    def _bind_on_startup(self, send: Send) -> Send:
+        """BentoML creates the service instance during the app's lifespan startup; taking it
+        then (not from a global at request time) ties this gateway to its own app's instance."""
+
+        async def send_and_bind(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                self.graft = bentoml.get_current_service()
+            await send(message)
+
+        return send_and_bind
+
+    async def _admit(
+        self,
+        scope: Scope,
+        receive: Receive,
+        headers: Headers,
+        model: type[BaseModel],
+        record: dict[str, Any],
+    ) -> bytes:
+        graft = self.graft
+        caller = await anyio.to_thread.run_sync(
+            lambda: graft.auth.caller(headers, admin_route=scope["path"].startswith("/v1/admin/"))
+        )
+        scope[CALLER_KEY] = caller
+        record["tenant"] = caller.tenant if not caller.admin else "(admin)"
+
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type not in _JSON_TYPES:
+            raise UnsupportedMediaType(
+                f"request bodies must be application/json, not {media_type!r}",
+                field="Content-Type",
+            )
+        limit = graft.settings.max_body_bytes
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _too_large(int(declared), limit)
+        body = await _read_body(receive, limit)
+        try:
+            model.model_validate_json(body or b"{}")
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        return body
+
+
+def _too_large(size: int, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the request body has {size} bytes or more; the limit (GRAFT_MAX_BODY_BYTES) is {limit}",
+        limit="GRAFT_MAX_BODY_BYTES",
+        value=limit,
+    )
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break  # the client went away; what was read goes on and fails downstream
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def validation_error(exc: ValidationError) -> GraftError:
+    """The first problem pydantic found, as a Graft error that names its field."""
+    first: Mapping[str, Any] = exc.errors(include_url=False, include_input=False)[0]
+    kind = first["type"]
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if kind == "json_invalid":
+        return InvalidJSON(f"the request body is not valid JSON: {message}")
+    location = [str(part) for part in first["loc"]]
+    if not location:
+        return BadRequest(f"the request body must be a JSON object: {message}")
+    field = ".".join(location)
+    if location == ["kind"] and kind == "literal_error":
+        return UnknownKind(f"unknown head kind: {message}", field=field)
+    return BadRequest(f"{field}: {message}", field=field)

@@ -1,0 +1,70 @@
+"""Graft's Prometheus metrics, served on /metrics and summed over workers by BentoML.
+
+BentoML points ``PROMETHEUS_MULTIPROC_DIR`` at a shared directory before it imports the service,
+so these plain ``prometheus_client`` objects write per-process files that its /metrics merges.
+Tenants appear as a label only on ``graft_tenant_requests_total``, and only for the tenants named
+in ``GRAFT_METRICS_TENANTS`` (all others count as ``other``), so a deployment with thousands of
+tenants keeps a bounded number of series.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+PREDICTIONS = Counter(
+    "graft_predictions_total",
+    "Predict calls by outcome (ok, client_error, server_error).",
+    ["outcome"],
+)
+PREDICTED_INPUTS = Counter("graft_predicted_inputs_total", "Inputs classified by predict calls.")
+TRAININGS = Counter(
+    "graft_trainings_total", "Train calls by head kind and outcome.", ["kind", "outcome"]
+)
+TRAINING_SECONDS = Histogram(
+    "graft_training_seconds",
+    "Wall time of a successful training, embedding included.",
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+TRAINING_EXAMPLES = Histogram(
+    "graft_training_examples",
+    "Examples per successful training.",
+    buckets=(2, 10, 50, 100, 500, 1000, 5000, 20000),
+)
+BATCH_SIZE = Histogram(
+    "graft_backbone_batch_size",
+    "Inputs per backbone forward pass.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+BATCH_TOKENS = Histogram(
+    "graft_backbone_batch_tokens",
+    "Padded tokens (or images) per backbone forward pass.",
+    buckets=(16, 64, 256, 1024, 2048, 4096, 8192, 16384),
+)
+BATCH_QUEUE_WAIT = Histogram(
+    "graft_backbone_queue_wait_seconds",
+    "Time an input waited before its forward pass began.",
+    buckets=_LATENCY_BUCKETS,
+)
+HEAD_CACHE_HITS = Counter(
+    "graft_head_cache_hits_total", "Head lookups served from the process cache."
+)
+HEAD_CACHE_MISSES = Counter(
+    "graft_head_cache_misses_total", "Head lookups that loaded from the registry."
+)
+HEAD_LOAD_SECONDS = Histogram(
+    "graft_head_load_seconds",
+    "Time to load a head from the registry and rebuild it.",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+)
+HEADS_REGISTERED = Gauge(
+    "graft_heads_registered",
+    "Heads with at least one version, over all tenants.",
+    multiprocess_mode="mostrecent",
+)
+TENANT_REQUESTS = Counter(
+    "graft_tenant_requests_total",
+    "Requests per tenant, for the opted-in tenants only.",
+    ["tenant", "route", "status"],
+)

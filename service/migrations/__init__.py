@@ -1,0 +1,1 @@
+"""Alembic migrations of the registry schema; ``service.database.upgrade_schema`` runs them."""
