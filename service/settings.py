@@ -25,7 +25,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GRAFT_", frozen=True, extra="ignore")
 
     # Where things live.
-    home: Path = Field(Path("var"), description="Directory for the SQLite registry and logs.")
+    home: Path = Field(
+        Path("var"), description="Directory of the embedded SQLite registry, graft.db."
+    )
     database_url: str | None = Field(
         None,
         description="SQLAlchemy URL of the head registry; default: SQLite file under GRAFT_HOME. "
@@ -54,9 +56,9 @@ class Settings(BaseSettings):
 
     # Cross-request batching.
     batch_max_tokens: int = Field(
-        4096, ge=64, description="Padded tokens per backbone forward pass (length-aware batches)."
+        1024, ge=64, description="Padded tokens per backbone forward pass (length-aware batches)."
     )
-    batch_max_items: int = Field(128, ge=1, description="Inputs per backbone forward pass.")
+    batch_max_items: int = Field(64, ge=1, description="Inputs per backbone forward pass.")
 
     # Heads.
     head_cache_bytes: int = Field(
@@ -66,8 +68,8 @@ class Settings(BaseSettings):
     # Tenants and access.
     auth: Literal["off", "required"] = Field(
         "off",
-        description="off: tenant from X-Tenant-ID, no keys (local use only); "
-        "required: every call needs Authorization: Bearer <key>.",
+        description="off: the tenant comes from X-Tenant-ID and keys are optional (local use "
+        "only); required: every call needs an API key (Authorization: Bearer ...).",
     )
     admin_key: SecretStr | None = Field(
         None, description="Key for /v1/admin/* (create, list and revoke tenant keys)."
@@ -111,3 +113,17 @@ class Settings(BaseSettings):
         if self.torch_threads:
             return self.torch_threads
         return max(1, (os.cpu_count() or 1) // self.workers)
+
+
+def settings_table() -> str:
+    """The README's configuration table, generated from the fields above (a test compares)."""
+    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "unset" if default is None else str(default)
+        lines.append(f"| `GRAFT_{name.upper()}` | `{shown}` | {field.description} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(settings_table())
