@@ -1,11 +1,16 @@
-"""The frozen text backbone: loads the encoder offline, tokenises, embeds batches, fingerprints."""
+"""The frozen text backbone: the encoder (weights, forward, fingerprint) and its tokeniser.
+
+The two halves live in different processes when serving: :class:`TextInputs` tokenises in the
+server process (cheap, and needed there to sort inputs by length), :class:`TextModel` runs the
+forward passes in the backbone process (see ``service.backbone_process``).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
-import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,13 +19,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from service.settings import DEFAULT_TEXT_BACKBONE, Settings
-
-log = logging.getLogger("graft.backbone")
+from service.settings import DEFAULT_TEXT_BACKBONE
 
 
-class Backbone(Protocol):
-    """What the batcher and the heads need from a backbone, whatever its modality."""
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What the server process knows of the backbone without holding its weights."""
 
     kind: str
     name: str
@@ -28,16 +32,26 @@ class Backbone(Protocol):
     dim: int
     dtype: str
 
-    def prepare(self, inputs: Sequence[Any]) -> list[Any]:
-        """Turn raw inputs into items the forward pass takes (token ids, pixel tensors)."""
-        ...
 
-    def cost(self, item: Any) -> int:
-        """How much of a batch's budget an item uses (tokens for text)."""
-        ...
+class Model(Protocol):
+    """The forward half of a backbone, whatever its modality."""
+
+    info: BackboneInfo
 
     def forward(self, items: Sequence[Any]) -> np.ndarray:
         """One forward pass: L2-normalised float32 features, one row per item."""
+        ...
+
+    def warm_up(self) -> None: ...
+
+
+class Inputs(Protocol):
+    """The input half: turns raw inputs into items for :meth:`Model.forward`."""
+
+    def prepare(self, inputs: Sequence[Any]) -> list[Any]: ...
+
+    def cost(self, item: Any) -> int:
+        """How much of a batch's budget an item takes (tokens for a text)."""
         ...
 
 
@@ -48,12 +62,10 @@ def resolve_torch_dtype(choice: str) -> torch.dtype:
     if choice == "bfloat16":
         return torch.bfloat16
     try:
-        native_bf16 = bool(
-            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-        )
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     except AttributeError:  # private helpers moved: be conservative
-        native_bf16 = False
-    return torch.bfloat16 if native_bf16 else torch.float32
+        native = False
+    return torch.bfloat16 if native else torch.float32
 
 
 def weights_fingerprint(model: torch.nn.Module, extra: dict[str, Any]) -> str:
@@ -66,75 +78,11 @@ def weights_fingerprint(model: torch.nn.Module, extra: dict[str, Any]) -> str:
 
 
 def configure_torch_threads(threads: int) -> None:
-    """One intra-op pool sized to this worker's share of the cores; no inter-op oversubscription."""
+    """One intra-op pool sized to this process's share of the cores; one inter-op thread."""
     torch.set_num_threads(threads)
-    # Fails once set (a second backbone in one process, as in tests): the first setting holds.
+    # Fails once set (a second model in one process, as in tests): the first setting holds.
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
-
-
-@dataclass(frozen=True)
-class _Pooling:
-    mode: str  # "mean" or "cls"
-
-    @classmethod
-    def read(cls, model_dir: Path) -> _Pooling:
-        """sentence-transformers keeps its pooling choice in 1_Pooling/config.json."""
-        config_file = model_dir / "1_Pooling" / "config.json"
-        if config_file.is_file():
-            config = json.loads(config_file.read_text())
-            if config.get("pooling_mode_cls_token"):
-                return cls("cls")
-        return cls("mean")
-
-
-class TextBackbone:
-    """A frozen transformer encoder with sentence-transformers pooling and L2 normalisation."""
-
-    kind = "text"
-
-    def __init__(self, model_dir: Path, *, name: str, dtype: torch.dtype, max_tokens: int) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
-        self.name = name
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        model = AutoModel.from_pretrained(model_dir, local_files_only=True)
-        model.eval()
-        model.requires_grad_(False)
-        self.pooling = _Pooling.read(model_dir)
-        self.max_tokens = min(max_tokens, int(model.config.max_position_embeddings))
-        self.fingerprint = weights_fingerprint(model, {"pooling": self.pooling.mode})
-        self.model = model.to(dtype)
-        self.dtype = str(dtype).removeprefix("torch.")
-        self.dim = int(model.config.hidden_size)
-        self.pad_id = int(self.tokenizer.pad_token_id or 0)
-
-    def prepare(self, inputs: Sequence[Any]) -> list[list[int]]:
-        encoded = self.tokenizer(
-            list(inputs), truncation=True, max_length=self.max_tokens, add_special_tokens=True
-        )
-        return [list(ids) for ids in encoded["input_ids"]]
-
-    def cost(self, item: list[int]) -> int:
-        return len(item)
-
-    def forward(self, items: Sequence[list[int]]) -> np.ndarray:
-        longest = max(len(ids) for ids in items)
-        input_ids = torch.full((len(items), longest), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(items), longest), dtype=torch.long)
-        for row, ids in enumerate(items):
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention[row, : len(ids)] = 1
-        with torch.inference_mode():
-            hidden = self.model(input_ids=input_ids, attention_mask=attention).last_hidden_state
-            hidden = hidden.to(torch.float32)
-            if self.pooling.mode == "cls":
-                pooled = hidden[:, 0]
-            else:
-                mask = attention.unsqueeze(-1).to(torch.float32)
-                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-            features = torch.nn.functional.normalize(pooled, dim=-1)
-        return features.numpy()
 
 
 def text_model_dir(name: str) -> Path:
@@ -152,25 +100,85 @@ def text_model_dir(name: str) -> Path:
     return Path(snapshot_download(name, local_files_only=True))
 
 
-def load_backbone(settings: Settings) -> Backbone:
-    configure_torch_threads(settings.threads_per_worker)
-    dtype = resolve_torch_dtype(settings.backbone_dtype)
-    if settings.backbone_kind == "image":
-        from service.vision import load_image_backbone
+def _pooling_mode(model_dir: Path) -> str:
+    """sentence-transformers keeps its pooling choice in 1_Pooling/config.json; mean otherwise."""
+    config_file = model_dir / "1_Pooling" / "config.json"
+    if config_file.is_file() and json.loads(config_file.read_text()).get("pooling_mode_cls_token"):
+        return "cls"
+    return "mean"
 
-        return load_image_backbone(settings, dtype)
-    backbone = TextBackbone(
-        text_model_dir(settings.backbone_name),
-        name=settings.backbone_name,
-        dtype=dtype,
-        max_tokens=settings.max_tokens,
-    )
-    log.info(
-        "backbone %s loaded: dim=%d dtype=%s fingerprint=%s threads=%d",
-        backbone.name,
-        backbone.dim,
-        backbone.dtype,
-        backbone.fingerprint,
-        settings.threads_per_worker,
-    )
-    return backbone
+
+class TextInputs:
+    """Tokenisation with the backbone's own tokenizer, truncated to its maximum length."""
+
+    def __init__(self, model_dir: Path, *, max_tokens: int) -> None:
+        # Requests carry a few texts: the Rust tokenizer's thread pool would only compete with
+        # the event loop and the backbone process for the same cores.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        limit = min(max_tokens, int(getattr(tokenizer, "model_max_length", max_tokens)))
+        # The Rust tokenizer directly: a tenth of the Python overhead per call of the wrapper.
+        self._tokenizer = tokenizer.backend_tokenizer
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(limit)
+        self.max_tokens = limit
+
+    def prepare(self, inputs: Sequence[Any]) -> list[list[int]]:
+        return [encoding.ids for encoding in self._tokenizer.encode_batch(list(inputs))]
+
+    def cost(self, item: list[int]) -> int:
+        return len(item)
+
+
+class TextModel:
+    """A frozen transformer encoder with sentence-transformers pooling and L2 normalisation."""
+
+    def __init__(self, model_dir: Path, *, name: str, dtype: torch.dtype) -> None:
+        from transformers import AutoModel
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # a server's log is not a terminal
+        model = AutoModel.from_pretrained(model_dir, local_files_only=True)
+        if getattr(model, "pooler", None) is not None:
+            model.pooler = None  # a dense layer on [CLS]: not part of a sentence embedding
+        model.eval()
+        model.requires_grad_(False)
+        self.model_dir = model_dir
+        self.pooling = _pooling_mode(model_dir)
+        fingerprint = weights_fingerprint(model, {"pooling": self.pooling})
+        self.model = model.to(dtype)
+        self.pad_id = int(model.config.pad_token_id or 0)
+        self.info = BackboneInfo(
+            kind="text",
+            name=name,
+            fingerprint=fingerprint,
+            dim=int(model.config.hidden_size),
+            dtype=str(dtype).removeprefix("torch."),
+        )
+
+    def forward(self, items: Sequence[list[int]]) -> np.ndarray:
+        longest = max(len(ids) for ids in items)
+        ids = np.full((len(items), longest), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(items), longest), dtype=np.int64)
+        for row, item in enumerate(items):
+            ids[row, : len(item)] = item
+            mask[row, : len(item)] = 1
+        attention = torch.from_numpy(mask)
+        with torch.inference_mode():
+            hidden = self.model(input_ids=torch.from_numpy(ids), attention_mask=attention)[0]
+            hidden = hidden.to(torch.float32)
+            if self.pooling == "cls":
+                pooled = hidden[:, 0]
+            else:
+                weights = attention.unsqueeze(-1).to(torch.float32)
+                pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+            features = torch.nn.functional.normalize(pooled, dim=-1)
+        return features.numpy()
+
+    def warm_up(self) -> None:
+        """Run a few shapes once so the first callers do not pay for kernel set-up."""
+        for length in (4, 16, 48):
+            for batch in (1, 8, 32):
+                self.forward([[101] + [1000] * (length - 2) + [102]] * batch)

@@ -17,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 
 from service import metrics
-from service.backbone import Backbone
+from service.backbone_process import SharedBackbone
 
 T = TypeVar("T")
 
@@ -48,7 +47,7 @@ class _Slot:
 
 
 class EmbeddingBatcher:
-    def __init__(self, backbone: Backbone, *, max_tokens: int, max_items: int) -> None:
+    def __init__(self, backbone: SharedBackbone, *, max_tokens: int, max_items: int) -> None:
         self.backbone = backbone
         self.max_tokens = max_tokens
         self.max_items = max_items
@@ -56,8 +55,6 @@ class EmbeddingBatcher:
         self._bulk: list[_Slot] = []
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
-        # One thread owns the backbone: torch parallelises inside a pass, not across passes.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graft-backbone")
 
     async def embed(self, items: Sequence[Any], *, bulk: bool = False) -> np.ndarray:
         """Features for already prepared ``items``, in order; waits for the shared passes."""
@@ -74,19 +71,9 @@ class EmbeddingBatcher:
         self._ensure_worker(loop).set()
         return await call.future
 
-    def embed_now(self, items: Sequence[Any]) -> np.ndarray:
-        """Synchronous path for warm-up and tools: the same batching rules, no queue."""
-        costs = [self.backbone.cost(item) for item in items]
-        order = sorted(range(len(items)), key=costs.__getitem__)
-        out = np.empty((len(items), self.backbone.dim), dtype=np.float32)
-        for batch in cut_batches(order, costs.__getitem__, self.max_tokens, self.max_items):
-            out[batch] = self.backbone.forward([items[i] for i in batch])
-        return out
-
     def close(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _ensure_worker(self, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
         if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
@@ -123,11 +110,8 @@ class EmbeddingBatcher:
             metrics.BATCH_QUEUE_WAIT.observe(now - slot.call.queued_at)
         metrics.BATCH_SIZE.observe(len(live))
         metrics.BATCH_TOKENS.observe(len(live) * max(s.cost for s in live))
-        loop = asyncio.get_running_loop()
         try:
-            rows = await loop.run_in_executor(
-                self._executor, self.backbone.forward, [s.item for s in live]
-            )
+            rows = await self.backbone.forward([s.item for s in live])
         except Exception as exc:  # a failed pass fails only the calls that were in it
             for slot in live:
                 if not slot.call.future.done():

@@ -8,8 +8,9 @@ process. Blocking work (SQL, fitting) runs in worker threads so the event loop k
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import anyio
 import numpy as np
@@ -17,13 +18,15 @@ import numpy as np
 from adapters import Head, HeadState, TrainingDataError, head_from_state
 from adapters.training import TrainingReport, fit_head
 from service import metrics
-from service.backbone import Backbone
+from service.backbone_process import SharedBackbone
 from service.batcher import EmbeddingBatcher
 from service.cache import HeadCache
 from service.errors import BackboneMismatch, InvalidExamples
 from service.limits import Limits
 from service.registry import HeadInfo, NewVersion, Registry, VersionInfo, VersionRef
 from service.settings import Settings
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class HeadService:
     def __init__(
         self,
         settings: Settings,
-        backbone: Backbone,
+        backbone: SharedBackbone,
         batcher: EmbeddingBatcher,
         registry: Registry,
         cache: HeadCache,
@@ -134,7 +137,7 @@ class HeadService:
     ) -> tuple[VersionRef, list[RankedPrediction]]:
         try:
             self.limits.check_inputs(inputs)
-            ref = await anyio.to_thread.run_sync(self.registry.resolve, tenant, head, version)
+            ref = await self._read(self.registry.resolve, tenant, head, version)
             fitted = await self._head_for(ref)
             features = await self.embed(inputs)
             predictions = rank(fitted.classes_, fitted.predict_proba(features), top_k)
@@ -160,16 +163,27 @@ class HeadService:
 
     # -- the registry, off the event loop --------------------------------------------------
 
+    async def _read(self, query: Callable[..., T], *args: Any) -> T:
+        if self.registry.reads_are_local:
+            return query(*args)
+        return await anyio.to_thread.run_sync(query, *args)
+
     async def list_heads(self, tenant: str) -> list[HeadInfo]:
-        return await anyio.to_thread.run_sync(self.registry.list_heads, tenant)
+        return await self._read(self.registry.list_heads, tenant)
 
     async def get_head(self, tenant: str, head: str) -> HeadInfo:
-        return await anyio.to_thread.run_sync(self.registry.get_head, tenant, head)
+        return await self._read(self.registry.get_head, tenant, head)
 
     async def delete(self, tenant: str, head: str, version: int | None) -> list[int]:
         deleted = await anyio.to_thread.run_sync(self.registry.delete, tenant, head, version)
         metrics.HEADS_REGISTERED.set(await anyio.to_thread.run_sync(self.registry.count_heads))
         return deleted
+
+    async def set_alias(self, tenant: str, head: str, alias: str, version: int) -> int | None:
+        return await anyio.to_thread.run_sync(self.registry.set_alias, tenant, head, alias, version)
+
+    async def delete_alias(self, tenant: str, head: str, alias: str) -> int:
+        return await anyio.to_thread.run_sync(self.registry.delete_alias, tenant, head, alias)
 
     async def _head_for(self, ref: VersionRef) -> Head:
         if ref.fingerprint != self.backbone.fingerprint:
@@ -185,7 +199,7 @@ class HeadService:
             return cached
         metrics.HEAD_CACHE_MISSES.inc()
         started = time.perf_counter()
-        config_json, weights = await anyio.to_thread.run_sync(self.registry.load_weights, ref.id)
+        config_json, weights = await self._read(self.registry.load_weights, ref.id)
         state = HeadState.from_serialized(config_json, weights)
         fitted = head_from_state(state)
         self.cache.put(ref.id, fitted, state.nbytes)

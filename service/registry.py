@@ -13,7 +13,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from service.database import writer
@@ -113,6 +124,9 @@ class Registry:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writer = writer(engine)
+        #: Reads from a local SQLite file take microseconds and never wait for a writer (WAL),
+        #: so callers may run them inline; a networked database's reads belong in a thread.
+        self.reads_are_local = engine.dialect.name == "sqlite"
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -329,28 +343,20 @@ class Registry:
     # -- reading ---------------------------------------------------------------------------
 
     def resolve(self, tenant: str, head: str, ref: int | str | None) -> VersionRef:
-        """The version a call means: the newest, a number, or an alias's target."""
-        query = (
-            select(
-                head_versions.c.id,
-                head_versions.c.version,
-                head_versions.c.kind,
-                head_versions.c.fingerprint,
-            )
-            .join(heads, heads.c.id == head_versions.c.head_id)
-            .where(heads.c.tenant == tenant, heads.c.name == head)
-        )
+        """The version a call means: the newest, a number, or an alias's target.
+
+        This runs on every predict, so its three statements are built once (below the class)
+        and only their parameters change: building a statement costs more than running it.
+        """
+        params: dict[str, Any] = {"tenant": tenant, "head": head}
         if ref is None:
-            query = query.order_by(head_versions.c.version.desc()).limit(1)
+            query = _RESOLVE_NEWEST
         elif isinstance(ref, int):
-            query = query.where(head_versions.c.version == ref)
+            query, params["version"] = _RESOLVE_NUMBER, ref
         else:
-            query = query.join(
-                aliases,
-                and_(aliases.c.head_id == heads.c.id, aliases.c.version == head_versions.c.version),
-            ).where(aliases.c.name == ref)
+            query, params["alias"] = _RESOLVE_ALIAS, ref
         with self.engine.connect() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(query, params).first()
             if row is None:
                 self._explain_missing(conn, tenant, head, ref)
         return VersionRef(row.id, head, row.version, row.kind, row.fingerprint)
@@ -366,11 +372,7 @@ class Registry:
     def load_weights(self, version_id: int) -> tuple[str, bytes]:
         """The stored config JSON and safetensors bytes of one version."""
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(head_versions.c.config, head_versions.c.weights).where(
-                    head_versions.c.id == version_id
-                )
-            ).first()
+            row = conn.execute(_LOAD_WEIGHTS, {"id": version_id}).first()
         if row is None:
             raise VersionNotFound("that version was deleted while it was being loaded")
         return row.config, bytes(row.weights)
@@ -451,3 +453,23 @@ class Registry:
     @staticmethod
     def _raise_head_not_found(head: str) -> NoReturn:
         raise HeadNotFound(f"no head named {head!r}", field="head")
+
+
+_RESOLVE_BASE = (
+    select(
+        head_versions.c.id,
+        head_versions.c.version,
+        head_versions.c.kind,
+        head_versions.c.fingerprint,
+    )
+    .join(heads, heads.c.id == head_versions.c.head_id)
+    .where(heads.c.tenant == bindparam("tenant"), heads.c.name == bindparam("head"))
+)
+_RESOLVE_NEWEST = _RESOLVE_BASE.order_by(head_versions.c.version.desc()).limit(1)
+_RESOLVE_NUMBER = _RESOLVE_BASE.where(head_versions.c.version == bindparam("version"))
+_RESOLVE_ALIAS = _RESOLVE_BASE.join(
+    aliases, and_(aliases.c.head_id == heads.c.id, aliases.c.version == head_versions.c.version)
+).where(aliases.c.name == bindparam("alias"))
+_LOAD_WEIGHTS = select(head_versions.c.config, head_versions.c.weights).where(
+    head_versions.c.id == bindparam("id")
+)

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from service.auth import Authenticator, KeyStore
-from service.backbone import Backbone, load_backbone
+from service.backbone_process import SharedBackbone, start_backbone
 from service.batcher import EmbeddingBatcher
 from service.cache import HeadCache
 from service.database import create_registry_engine, upgrade_schema
@@ -16,14 +16,6 @@ from service.settings import Settings
 
 log = logging.getLogger("graft")
 
-#: Texts pushed through the backbone before /readyz says ready, so the first caller does not
-#: pay for lazy initialisation (oneDNN kernels, allocator pools): short, medium, long.
-WARM_UP_TEXTS = (
-    "hello",
-    "How do I activate the card I received in the post yesterday?",
-    " ".join(["Why was my transfer to another account declined twice this morning?"] * 12),
-)
-
 
 @dataclass
 class Runtime:
@@ -31,7 +23,7 @@ class Runtime:
     registry: Registry
     keys: KeyStore
     auth: Authenticator
-    backbone: Backbone
+    backbone: SharedBackbone
     batcher: EmbeddingBatcher
     heads: HeadService
 
@@ -41,13 +33,10 @@ class Runtime:
         upgrade_schema(engine)
         registry = Registry(engine)
         keys = KeyStore(engine)
-        backbone = load_backbone(settings)
+        backbone = start_backbone(settings)
         batcher = EmbeddingBatcher(
             backbone, max_tokens=settings.batch_max_tokens, max_items=settings.batch_max_items
         )
-        if backbone.kind == "text":
-            for _ in range(2):
-                batcher.embed_now(backbone.prepare(WARM_UP_TEXTS))
         heads = HeadService(
             settings, backbone, batcher, registry, HeadCache(settings.head_cache_bytes)
         )
@@ -62,4 +51,5 @@ class Runtime:
 
     def close(self) -> None:
         self.batcher.close()
+        self.backbone.close()
         self.registry.engine.dispose()

@@ -10,22 +10,24 @@ import numpy as np
 import pytest
 import torch
 
-from service.backbone import TextBackbone, text_model_dir
+from service.backbone import TextInputs, TextModel, text_model_dir
 from service.settings import DEFAULT_TEXT_BACKBONE
 from tests.integration.conftest import graft_client, registry_snapshot
 
+MODEL_DIR = text_model_dir(DEFAULT_TEXT_BACKBONE)
 
-def load(dtype: torch.dtype, model_dir: Path | None = None) -> TextBackbone:
-    return TextBackbone(
-        model_dir or text_model_dir(DEFAULT_TEXT_BACKBONE),
-        name=DEFAULT_TEXT_BACKBONE,
-        dtype=dtype,
-        max_tokens=256,
-    )
+
+def load(dtype: torch.dtype, model_dir: Path = MODEL_DIR) -> TextModel:
+    return TextModel(model_dir, name=DEFAULT_TEXT_BACKBONE, dtype=dtype)
 
 
 @pytest.fixture(scope="module")
-def fp32() -> TextBackbone:
+def tokens() -> TextInputs:
+    return TextInputs(MODEL_DIR, max_tokens=256)
+
+
+@pytest.fixture(scope="module")
+def fp32() -> TextModel:
     return load(torch.float32)
 
 
@@ -34,31 +36,43 @@ def test_backbone_is_frozen(fp32):
     assert all(not p.requires_grad for p in fp32.model.parameters())
 
 
-def test_fixture_features_are_what_the_backbone_computes(fp32, features):
-    live = fp32.forward(fp32.prepare(features.test_text))
+def test_fixture_features_are_what_the_backbone_computes(fp32, tokens, features):
+    live = fp32.forward(tokens.prepare(features.test_text))
     cosine = np.sum(live * features.test_X, axis=1) / np.linalg.norm(features.test_X, axis=1)
     assert cosine.min() > 0.999
-    assert fp32.fingerprint == features.fingerprint
+    assert fp32.info.fingerprint == features.fingerprint
 
 
-def test_bfloat16_features_match_float32(fp32, features):
+def test_features_match_sentence_transformers(fp32, tokens, features):
+    """The reference implementation of this model, loaded from the same package."""
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(MODEL_DIR), device="cpu")
+    texts = features.test_text[:20]
+    expected = reference.encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(fp32.forward(tokens.prepare(texts)), expected, atol=1e-5)
+
+
+def test_bfloat16_features_match_float32(fp32, tokens, features):
     bf16 = load(torch.bfloat16)
-    assert bf16.fingerprint == fp32.fingerprint  # same weights, same features up to rounding
+    assert bf16.info.fingerprint == fp32.info.fingerprint  # same weights, features up to rounding
+    assert bf16.info.dtype == "bfloat16"
     texts = features.test_text[:40]
-    a = fp32.forward(fp32.prepare(texts))
-    b = bf16.forward(bf16.prepare(texts))
+    a = fp32.forward(tokens.prepare(texts))
+    b = bf16.forward(tokens.prepare(texts))
     assert np.sum(a * b, axis=1).min() > 0.999
 
 
-def test_long_texts_are_truncated_to_the_model_limit(fp32):
-    ids = fp32.prepare(["word " * 2000, "short"])
+def test_long_texts_are_truncated_to_the_model_limit(fp32, tokens):
+    ids = tokens.prepare(["word " * 2000, "short"])
     assert len(ids[0]) == 256
+    assert ids[0][0] == 101 and ids[0][-1] == 102  # [CLS] ... [SEP] survive truncation
     assert len(ids[1]) == 3  # [CLS] short [SEP]
     assert fp32.forward(ids).shape == (2, 384)
 
 
-def test_features_are_unit_vectors(fp32):
-    out = fp32.forward(fp32.prepare(["a", "some longer sentence about a card payment"]))
+def test_features_are_unit_vectors(fp32, tokens):
+    out = fp32.forward(tokens.prepare(["a", "some longer sentence about a card payment"]))
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
 
 
@@ -77,8 +91,8 @@ def cls_pooled_copy(tmp_path: Path) -> Path:
 
 def test_fingerprint_changes_with_the_feature_extractor(fp32, tmp_path):
     other = load(torch.float32, cls_pooled_copy(tmp_path))
-    assert other.pooling.mode == "cls"
-    assert other.fingerprint != fp32.fingerprint
+    assert other.pooling == "cls"
+    assert other.info.fingerprint != fp32.info.fingerprint
 
 
 def test_head_from_another_backbone_is_refused_with_409(tmp_path):
