@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import anyio
 import bentoml
 
-from service.auth import Caller
+from service.auth import Caller, KeyInfo
 from service.endpoint import endpoint
 from service.gateway import Gateway
 from service.heads import RankedPrediction
@@ -12,9 +13,13 @@ from service.logs import configure_logging
 from service.registry import HeadInfo, VersionInfo
 from service.runtime import Runtime
 from service.schemas import (
+    AliasDeleteRequest,
+    AliasRequest,
+    AliasResponse,
     BackboneInfo,
     ClassifyRequest,
     ClassifyResponse,
+    CreatedKey,
     DeleteRequest,
     DeleteResponse,
     EmbedRequest,
@@ -22,6 +27,11 @@ from service.schemas import (
     HeadRequest,
     HeadsResponse,
     HeadSummary,
+    KeyCreateRequest,
+    KeyListRequest,
+    KeyRevokeRequest,
+    KeysResponse,
+    KeySummary,
     ListHeadsRequest,
     Prediction,
     PredictRequest,
@@ -34,7 +44,8 @@ from service.schemas import (
 from service.settings import Settings
 
 
-@bentoml.service(name="Graft", traffic={"timeout": 600})
+# BentoML's own access log is off: the gateway writes one structured line per request instead.
+@bentoml.service(name="Graft", traffic={"timeout": 600}, logging={"access": {"enabled": False}})
 class Graft:
     """Transfer learning as a service: one frozen backbone, many tenants' heads."""
 
@@ -114,6 +125,44 @@ class Graft:
         deleted = await self.heads.delete(caller.tenant, request.head, request.version)
         return DeleteResponse(head=request.head, deleted_versions=deleted)
 
+    @endpoint("/v1/aliases/set", AliasRequest, AliasResponse)
+    async def set_alias(self, request: AliasRequest, caller: Caller) -> AliasResponse:
+        """Point an alias (production, canary, ...) at a version; moving it is atomic."""
+        previous = await self.heads.set_alias(
+            caller.tenant, request.head, request.alias, request.version
+        )
+        return AliasResponse(
+            head=request.head, alias=request.alias, version=request.version, previous=previous
+        )
+
+    @endpoint("/v1/aliases/delete", AliasDeleteRequest, AliasResponse)
+    async def delete_alias(self, request: AliasDeleteRequest, caller: Caller) -> AliasResponse:
+        """Remove an alias; the version it pointed at stays."""
+        previous = await self.heads.delete_alias(caller.tenant, request.head, request.alias)
+        return AliasResponse(
+            head=request.head, alias=request.alias, version=None, previous=previous
+        )
+
+    @endpoint("/v1/admin/keys/create", KeyCreateRequest, CreatedKey)
+    async def create_key(self, request: KeyCreateRequest, caller: Caller) -> CreatedKey:
+        """Issue an API key for a tenant (admin key only); the key is in this answer only."""
+        issued = await anyio.to_thread.run_sync(self.runtime.keys.create, request.tenant)
+        return CreatedKey(
+            tenant=issued.tenant, key=issued.key, prefix=issued.prefix, created=issued.created
+        )
+
+    @endpoint("/v1/admin/keys/list", KeyListRequest, KeysResponse)
+    async def list_keys(self, request: KeyListRequest, caller: Caller) -> KeysResponse:
+        """Every key (or one tenant's), by prefix; never the keys themselves."""
+        found = await anyio.to_thread.run_sync(self.runtime.keys.list, request.tenant)
+        return KeysResponse(keys=[_key_summary(key) for key in found])
+
+    @endpoint("/v1/admin/keys/revoke", KeyRevokeRequest, KeySummary)
+    async def revoke_key(self, request: KeyRevokeRequest, caller: Caller) -> KeySummary:
+        """Revoke a key by its prefix: the next request with it answers 401."""
+        revoked = await anyio.to_thread.run_sync(self.runtime.keys.revoke, request.prefix)
+        return _key_summary(revoked)
+
     def _backbone_info(self) -> BackboneInfo:
         backbone = self.runtime.backbone
         return BackboneInfo(
@@ -126,6 +175,12 @@ class Graft:
 
 # bentoml.service returns a Service, which its type hints do not tell mypy.
 Graft.add_asgi_middleware(Gateway)  # type: ignore[attr-defined]
+
+
+def _key_summary(key: KeyInfo) -> KeySummary:
+    return KeySummary(
+        tenant=key.tenant, prefix=key.prefix, created=key.created, revoked=key.revoked
+    )
 
 
 def _encode(ranked: list[RankedPrediction]) -> list[Prediction]:

@@ -137,6 +137,39 @@ class DeleteRequest(Request):
     version: Version | None = Field(None, description="One version, or null for the whole head.")
 
 
+class AliasRequest(Request):
+    head: HeadName
+    alias: AliasName
+    version: Version
+
+
+class AliasDeleteRequest(Request):
+    head: HeadName
+    alias: AliasName
+
+
+TenantName = Annotated[
+    str,
+    StringConstraints(pattern=NAME_PATTERN),
+    Field(description="Letters, digits, '-', '_', '.'; 1 to 64 characters.", examples=["acme"]),
+]
+KeyPrefix = Annotated[
+    str, StringConstraints(pattern=r"^[0-9a-f]{12}$"), Field(description="A key's public prefix.")
+]
+
+
+class KeyCreateRequest(Request):
+    tenant: TenantName
+
+
+class KeyListRequest(Request):
+    tenant: TenantName | None = Field(None, description="Only this tenant's keys.")
+
+
+class KeyRevokeRequest(Request):
+    prefix: KeyPrefix
+
+
 # -- responses ------------------------------------------------------------------------------
 
 
@@ -214,3 +247,28 @@ class HeadsResponse(BaseModel):
 class DeleteResponse(BaseModel):
     head: str
     deleted_versions: list[int]
+
+
+class CreatedKey(BaseModel):
+    tenant: str
+    key: str = Field(description="Shown this once; only its hash is stored.")
+    prefix: str
+    created: datetime
+
+
+class KeySummary(BaseModel):
+    tenant: str
+    prefix: str
+    created: datetime
+    revoked: datetime | None
+
+
+class KeysResponse(BaseModel):
+    keys: list[KeySummary]
+
+
+class AliasResponse(BaseModel):
+    head: str
+    alias: str
+    version: int | None = Field(description="The version the alias points at now (null: deleted).")
+    previous: int | None = Field(description="The version it pointed at before, if any.")

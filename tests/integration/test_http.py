@@ -360,3 +360,58 @@ def test_every_response_has_a_request_id(client):
 
 def test_readyz_once_loaded(client):
     assert client.get("/readyz").status_code == 200
+
+
+def test_aliases_pin_move_and_roll_back(client, home):
+    tenant = {"X-Tenant-ID": "aliaser"}
+    for kind in ("linear", "prototype", "linear"):
+        assert train(client, "pinned", tenant="aliaser", kind=kind).status_code == 200
+
+    def alias(version):
+        body = {"head": "pinned", "alias": "production", "version": version}
+        return client.post("/v1/aliases/set", json=body, headers=tenant)
+
+    assert alias(1).json() == {
+        "head": "pinned",
+        "alias": "production",
+        "version": 1,
+        "previous": None,
+    }
+    assert predict(client, "pinned", tenant="aliaser", version="production").json()["version"] == 1
+    assert alias(2).json()["previous"] == 1  # moved: the next predict follows it
+    assert predict(client, "pinned", tenant="aliaser", version="production").json()["version"] == 2
+    assert alias(1).json()["previous"] == 2  # rolling back is moving the alias
+    assert predict(client, "pinned", tenant="aliaser", version="production").json()["version"] == 1
+    assert predict(client, "pinned", tenant="aliaser").json()["version"] == 3  # newest, unaliased
+    got = client.post("/v1/heads/get", json={"head": "pinned"}, headers=tenant).json()
+    assert got["aliases"] == {"production": 1}
+    assert got["versions"][0]["aliases"] == ["production"]
+
+    before = registry_snapshot(home)
+    pinned = client.post("/v1/heads/delete", json={"head": "pinned", "version": 1}, headers=tenant)
+    assert (pinned.status_code, error_of(pinned)["code"]) == (409, "version_in_use")
+    missing = alias(9)
+    assert (missing.status_code, error_of(missing)["code"]) == (404, "version_not_found")
+    other = client.post(
+        "/v1/aliases/set",
+        json={"head": "pinned", "alias": "production", "version": 1},
+        headers={"X-Tenant-ID": "intruder"},
+    )
+    assert (other.status_code, error_of(other)["code"]) == (404, "head_not_found")
+    bad = client.post(
+        "/v1/aliases/set", json={"head": "pinned", "alias": "1st", "version": 1}, headers=tenant
+    )
+    assert (bad.status_code, error_of(bad)["field"]) == (400, "alias")
+    assert registry_snapshot(home) == before
+
+    removed = client.post(
+        "/v1/aliases/delete", json={"head": "pinned", "alias": "production"}, headers=tenant
+    )
+    assert removed.json() == {
+        "head": "pinned",
+        "alias": "production",
+        "version": None,
+        "previous": 1,
+    }
+    gone = predict(client, "pinned", tenant="aliaser", version="production")
+    assert (gone.status_code, error_of(gone)["code"]) == (404, "alias_not_found")
