@@ -1,4 +1,4 @@
-"""The ``graft`` command line: serve the API."""
+"""The ``graft`` command line: serve the API, and manage API keys directly in the registry."""
 
 from __future__ import annotations
 
@@ -8,10 +8,22 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
+from service.auth import KeyStore
 from service.settings import Settings
 
 app = typer.Typer(help="Graft: transfer learning as a service.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys, written straight to the registry (GRAFT_DATABASE_URL or GRAFT_HOME): "
+    "whoever can reach the database is the administrator, no server needed.",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+console = Console()
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 @app.callback()
@@ -38,6 +50,89 @@ def serve(
     bentoml = os.path.join(os.path.dirname(sys.executable), "bentoml")
     command = [bentoml, "serve", "service:Graft", "--host", host, "--port", str(port)]
     os.execv(bentoml, command)
+
+
+def _key_store() -> KeyStore:
+    from service.database import create_registry_engine, upgrade_schema
+
+    engine = create_registry_engine(Settings().registry_url)
+    upgrade_schema(engine)
+    return KeyStore(engine)
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="The tenant the key acts for.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a key for TENANT; it is printed once and stored only as a hash."""
+    import re
+
+    from service.schemas import NAME_PATTERN
+
+    if not re.match(NAME_PATTERN, tenant):
+        raise typer.BadParameter("1 to 64 of letters, digits, '-', '_', '.'", param_hint="--tenant")
+    issued = _key_store().create(tenant)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "tenant": issued.tenant,
+                    "key": issued.key,
+                    "prefix": issued.prefix,
+                    "created": issued.created.isoformat(),
+                }
+            )
+        )
+        return
+    console.print(f"tenant  {issued.tenant}\nprefix  {issued.prefix}\nkey     {issued.key}")
+    console.print("[dim]Keep the key now: it cannot be shown again.[/dim]")
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List keys by prefix (never the keys themselves)."""
+    found = _key_store().list(tenant)
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "tenant": k.tenant,
+                        "prefix": k.prefix,
+                        "created": k.created.isoformat(),
+                        "revoked": k.revoked.isoformat() if k.revoked else None,
+                    }
+                    for k in found
+                ]
+            )
+        )
+        return
+    table = Table("prefix", "tenant", "created", "revoked")
+    for key in found:
+        table.add_row(
+            key.prefix,
+            key.tenant,
+            f"{key.created:%Y-%m-%d %H:%M}",
+            f"{key.revoked:%Y-%m-%d %H:%M}" if key.revoked else "",
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(prefix: Annotated[str, typer.Argument(help="The key's prefix.")]) -> None:
+    """Revoke the key with PREFIX; requests with it answer 401 from then on."""
+    from service.errors import KeyNotFound
+
+    try:
+        revoked = _key_store().revoke(prefix)
+    except KeyNotFound as exc:
+        console.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"revoked {revoked.prefix} ({revoked.tenant})")
 
 
 def main() -> None:
