@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
 from service.auth import Caller
-from service.errors import GraftError
+from service.errors import GraftError, MethodNotAllowed
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
 Handler = Callable[[Any, RequestT, Caller], Awaitable[BaseModel]]
@@ -29,7 +29,8 @@ LOG_KEY = "graft.log"
 
 
 def error_response(exc: GraftError) -> JSONResponse:
-    return JSONResponse(exc.to_body(), status_code=exc.status)
+    headers = {"Allow": "POST"} if isinstance(exc, MethodNotAllowed) else None
+    return JSONResponse(exc.to_body(), status_code=exc.status, headers=headers)
 
 
 def endpoint(

@@ -17,6 +17,7 @@ Every error a caller can cause answers ``{"error": {"code", "message", "field"?,
     │   ├── AliasNotFound          404  alias_not_found
     │   ├── KeyNotFound            404  key_not_found
     │   └── JobNotFound            404  job_not_found
+    ├── MethodNotAllowed           405  method_not_allowed
     ├── Conflict                   409
     │   ├── BackboneMismatch       409  backbone_mismatch
     │   ├── VersionInUse           409  version_in_use
@@ -114,6 +115,11 @@ class KeyNotFound(NotFound):
 
 class JobNotFound(NotFound):
     code = "job_not_found"
+
+
+class MethodNotAllowed(GraftError):
+    status = 405
+    code = "method_not_allowed"
 
 
 class Conflict(GraftError):

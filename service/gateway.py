@@ -3,11 +3,12 @@
 It runs in front of BentoML's own handling, in this order, and answers the first failure itself
 with Graft's JSON error shape:
 
-1. authenticate (``Authorization`` / ``X-Tenant-ID``): 401, 403, or a bad tenant header 400;
-2. the body must be JSON: 415 for another ``Content-Type``;
-3. the body must fit ``GRAFT_MAX_BODY_BYTES``: 413, from ``Content-Length`` before reading, or
+1. every ``/v1`` route takes POST: 405 for another method;
+2. authenticate (``Authorization`` / ``X-Tenant-ID``): 401, 403, or a bad tenant header 400;
+3. the body must be JSON: 415 for another ``Content-Type``;
+4. the body must fit ``GRAFT_MAX_BODY_BYTES``: 413, from ``Content-Length`` before reading, or
    while reading a body sent without one;
-4. the body must match the route's request model: 400 naming the field.
+5. the body must match the route's request model: 400 naming the field.
 
 A request that passes is replayed to BentoML unchanged. Each request gets an ``X-Request-ID``
 (the caller's, if it sent a sane one) and one JSON access-log line with tenant, head, version,
@@ -34,6 +35,7 @@ from service.errors import (
     BadRequest,
     GraftError,
     InvalidJSON,
+    MethodNotAllowed,
     PayloadTooLarge,
     UnknownKind,
     UnsupportedMediaType,
@@ -101,6 +103,8 @@ class Gateway:
         model: type[BaseModel],
         record: dict[str, Any],
     ) -> bytes:
+        if scope["method"] != "POST":
+            raise MethodNotAllowed(f"{scope['path']} takes POST, not {scope['method']}")
         graft = self.graft
         admin_route = scope["path"].startswith("/v1/admin/")
         if "authorization" in headers or admin_route:  # a key to look up: SQL, off the loop

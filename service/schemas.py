@@ -55,7 +55,9 @@ Label = Annotated[
     AfterValidator(_usable_text),
     Field(examples=["card_arrival"]),
 ]
-Version = Annotated[int, Field(ge=1, description="A version number, 1 or more.")]
+#: Version numbers fit a 32-bit column; a larger number can only be a mistake.
+MAX_VERSION = 2**31 - 1
+Version = Annotated[int, Field(ge=1, le=MAX_VERSION, description="A version number, 1 or more.")]
 
 
 def _version_selector(value: object) -> int | str | None:
@@ -63,8 +65,8 @@ def _version_selector(value: object) -> int | str | None:
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise ValueError("version numbers start at 1")
+        if not 1 <= value <= MAX_VERSION:
+            raise ValueError(f"version numbers run from 1 to {MAX_VERSION}")
         return value
     if isinstance(value, str):
         if not _ALIAS.match(value):
@@ -80,7 +82,7 @@ VersionSelector = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "integer", "minimum": 1},
+                {"type": "integer", "minimum": 1, "maximum": MAX_VERSION},
                 {"type": "string", "pattern": ALIAS_PATTERN},
                 {"type": "null"},
             ],
@@ -88,7 +90,9 @@ VersionSelector = Annotated[
         }
     ),
 ]
-TopK = Annotated[int, Field(ge=1, description="How many ranked labels each prediction lists.")]
+TopK = Annotated[
+    int, Field(ge=1, le=1000, description="How many ranked labels each prediction lists.")
+]
 
 
 class Request(BaseModel):

@@ -17,12 +17,17 @@ from service.tables import metadata
 @contextlib.contextmanager
 def graft_client(home: Path, **settings: str) -> Iterator[TestClient]:
     """A TestClient over a fresh Graft app; ``settings`` are GRAFT_* variables, lower-cased."""
+    from service.settings import Settings
+
     with pytest.MonkeyPatch.context() as env:
+        for name in Settings.model_fields:  # exactly these settings, whatever is open around us
+            env.delenv(f"GRAFT_{name.upper()}", raising=False)
         env.setenv("GRAFT_HOME", str(home))
         for name, value in settings.items():
             env.setenv(f"GRAFT_{name.upper()}", value)
         from service.app import Graft
 
+        _forget_bentoml_http_metrics()  # another app may still be open (module fixtures)
         try:
             with TestClient(Graft.to_asgi(), raise_server_exceptions=False) as client:
                 yield client

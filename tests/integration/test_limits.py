@@ -1,0 +1,151 @@
+"""Every configurable limit: refused with its name and value, nothing stored."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.conftest import graft_client, registry_snapshot
+
+LIMITS = {
+    "max_inputs": "3",
+    "max_examples": "12",
+    "max_labels": "3",
+    "max_text_chars": "40",
+    "max_heads_per_tenant": "2",
+    "max_versions_per_head": "2",
+    "max_body_bytes": "4096",
+}
+
+
+def examples(labels: int, per_label: int = 2) -> list[dict[str, str]]:
+    return [
+        {"text": f"example {i} of label {label}", "label": f"label-{label}"}
+        for label in range(labels)
+        for i in range(per_label)
+    ]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    home = tmp_path_factory.mktemp("limits")
+    with graft_client(home, **LIMITS) as client:
+        yield client, home
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "limit", "value", "field"),
+    [
+        ("/v1/embed", {"inputs": ["a"] * 4}, "GRAFT_MAX_INPUTS", 3, "inputs"),
+        (
+            "/v1/classify",
+            {"examples": examples(2), "inputs": ["a"] * 4},
+            "GRAFT_MAX_INPUTS",
+            3,
+            "inputs",
+        ),
+        (
+            "/v1/heads/train",
+            {"head": "h", "examples": examples(2, 7)},
+            "GRAFT_MAX_EXAMPLES",
+            12,
+            "examples",
+        ),
+        (
+            "/v1/heads/train",
+            {"head": "h", "examples": examples(4)},
+            "GRAFT_MAX_LABELS",
+            3,
+            "examples",
+        ),
+        (
+            "/v1/classify",
+            {"examples": examples(4), "inputs": ["a"]},
+            "GRAFT_MAX_LABELS",
+            3,
+            "examples",
+        ),
+        ("/v1/embed", {"inputs": ["x" * 41]}, "GRAFT_MAX_TEXT_CHARS", 40, "inputs.0"),
+        (
+            "/v1/heads/train",
+            {"head": "h", "examples": [{"text": "y" * 41, "label": "a"}, *examples(2)]},
+            "GRAFT_MAX_TEXT_CHARS",
+            40,
+            "examples.0.text",
+        ),
+    ],
+)
+def test_request_limits(small, route, body, limit, value, field):
+    client, home = small
+    before = registry_snapshot(home)
+    response = client.post(route, json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["limit"], error["value"], error["field"]) == (
+        "limit_exceeded",
+        limit,
+        value,
+        field,
+    )
+    assert limit in error["message"]
+    assert registry_snapshot(home) == before
+
+
+def test_body_size_limit(small):
+    client, home = small
+    before = registry_snapshot(home)
+    response = client.post("/v1/heads/train", json={"head": "h", "examples": examples(2, 60)})
+    assert response.status_code == 413
+    assert response.json()["error"]["limit"] == "GRAFT_MAX_BODY_BYTES"
+    assert response.json()["error"]["value"] == 4096
+    assert registry_snapshot(home) == before
+
+
+def test_heads_per_tenant_quota(small):
+    client, home = small
+    tenant = {"X-Tenant-ID": "quota"}
+    for head in ("one", "two"):
+        assert (
+            client.post(
+                "/v1/heads/train", json={"head": head, "examples": examples(2)}, headers=tenant
+            ).status_code
+            == 200
+        )
+    again = client.post(
+        "/v1/heads/train", json={"head": "two", "examples": examples(2)}, headers=tenant
+    )
+    assert again.status_code == 200  # a new version of an existing head is not a new head
+    before = registry_snapshot(home)
+    third = client.post(
+        "/v1/heads/train", json={"head": "three", "examples": examples(2)}, headers=tenant
+    )
+    assert third.status_code == 409
+    assert third.json()["error"] == {
+        "code": "quota_exceeded",
+        "message": "tenant 'quota' already has 2 heads; the limit is 2",
+        "limit": "GRAFT_MAX_HEADS_PER_TENANT",
+        "value": 2,
+    }
+    assert registry_snapshot(home) == before
+    client.post("/v1/heads/delete", json={"head": "one"}, headers=tenant)
+    assert (
+        client.post(
+            "/v1/heads/train", json={"head": "three", "examples": examples(2)}, headers=tenant
+        ).status_code
+        == 200
+    )
+
+
+def test_versions_kept_per_head(small):
+    client, _home = small
+    tenant = {"X-Tenant-ID": "versions"}
+    for _ in range(4):
+        client.post("/v1/heads/train", json={"head": "h", "examples": examples(2)}, headers=tenant)
+    head = client.post("/v1/heads/get", json={"head": "h"}, headers=tenant).json()
+    assert [v["version"] for v in head["versions"]] == [3, 4]
+    client.post(
+        "/v1/aliases/set", json={"head": "h", "alias": "keep", "version": 3}, headers=tenant
+    )
+    for _ in range(2):
+        client.post("/v1/heads/train", json={"head": "h", "examples": examples(2)}, headers=tenant)
+    head = client.post("/v1/heads/get", json={"head": "h"}, headers=tenant).json()
+    assert [v["version"] for v in head["versions"]] == [3, 5, 6]  # aliased versions are kept
