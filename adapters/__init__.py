@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from adapters.base import Head, HeadState, HeadStateError, NotFittedError, TrainingDataError
 from adapters.linear import LinearHead
+from adapters.mlp import MLPHead
+from adapters.multilabel import MultilabelHead
 from adapters.prototype import PrototypeHead
 
 #: Every head kind by the name a caller uses for it.
 HEAD_KINDS: dict[str, type[Head]] = {
     LinearHead.kind: LinearHead,
     PrototypeHead.kind: PrototypeHead,
+    MLPHead.kind: MLPHead,
+    MultilabelHead.kind: MultilabelHead,
 }
 
 
@@ -42,6 +46,8 @@ __all__ = [
     "HeadState",
     "HeadStateError",
     "LinearHead",
+    "MLPHead",
+    "MultilabelHead",
     "NotFittedError",
     "PrototypeHead",
     "TrainingDataError",

@@ -5,6 +5,10 @@ A head is a scikit-learn style estimator. The constructor only stores hyperparam
 ``predict_proba`` columns follow ``classes_``. ``to_state`` / ``from_state`` turn a fitted head
 into a :class:`HeadState` (a JSON config plus named float tensors) and back, which is all that is
 ever stored: no pickle, so loading a head can never run code.
+
+Every single-label head also carries a softmax ``temperature_`` (1 until training calibrates
+it on cross-validated predictions) and an optional ``abstain_threshold_``: the base class applies
+both, so the kinds only compute raw probabilities and their own state.
 """
 
 from __future__ import annotations
@@ -83,28 +87,71 @@ def as_labels(y: Sequence[str], n_rows: int) -> np.ndarray:
     return labels
 
 
+def tempered(proba: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(log(p) / T)``: temperature scaling applied to probabilities (the logits' shift
+    does not matter to a softmax, so ``log p`` stands in for them)."""
+    if temperature == 1.0:
+        return proba
+    logits = np.log(np.clip(proba, 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return np.asarray(exp / exp.sum(axis=1, keepdims=True), dtype=np.float32)
+
+
 class Head(ABC):
-    """Base class of every head kind; subclasses set ``kind`` and implement the four methods."""
+    """Base class of every head kind; subclasses set ``kind`` and implement the four methods
+    ``fit``, ``_proba`` (uncalibrated probabilities), ``_state`` and ``_from_state``."""
 
     kind: ClassVar[str]
     #: The smallest number of distinct labels this kind can learn from.
     min_labels: ClassVar[int] = 2
+    #: Multilabel heads score each label on its own; the others rank labels against each other.
+    multilabel: ClassVar[bool] = False
 
     classes_: list[str]
     n_features_in_: int
+    temperature_: float = 1.0
+    abstain_threshold_: float | None = None
 
     @abstractmethod
-    def fit(self, X: np.ndarray, y: Sequence[str]) -> Self: ...
+    def fit(self, X: np.ndarray, y: Any) -> Self: ...
 
     @abstractmethod
-    def predict_proba(self, X: np.ndarray) -> np.ndarray: ...
+    def _proba(self, X: np.ndarray) -> np.ndarray: ...
 
     @abstractmethod
-    def to_state(self) -> HeadState: ...
+    def _state(self) -> HeadState: ...
 
     @classmethod
     @abstractmethod
-    def from_state(cls, state: HeadState) -> Self: ...
+    def _from_state(cls, state: HeadState) -> Self: ...
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The hyperparameters, as stored and reported."""
+        return dict(self._state().config["params"])
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return tempered(self._proba(self._check_predict_input(X)), self.temperature_)
+
+    def to_state(self) -> HeadState:
+        self._check_fitted()
+        state = self._state()
+        config = {**state.config, "temperature": float(self.temperature_)}
+        if self.abstain_threshold_ is not None:
+            config["abstain_threshold"] = float(self.abstain_threshold_)
+        return HeadState(config, state.tensors)
+
+    @classmethod
+    def from_state(cls, state: HeadState) -> Self:
+        cls._check_state_kind(state)
+        head = cls._from_state(state)
+        head.temperature_ = float(state.config.get("temperature", 1.0))
+        threshold = state.config.get("abstain_threshold")
+        head.abstain_threshold_ = None if threshold is None else float(threshold)
+        if not head.temperature_ > 0:
+            raise HeadStateError("a head's temperature must be positive")
+        return head
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "classes_"):

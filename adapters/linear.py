@@ -22,16 +22,18 @@ class LinearHead(Head):
 
     kind: ClassVar[str] = "linear"
 
-    def __init__(self, C: float = 20.0, max_iter: int = 500) -> None:
+    def __init__(self, C: float = 20.0, max_iter: int = 500, tol: float = 1e-4) -> None:
         self.C = C
         self.max_iter = max_iter
+        self.tol = tol
 
     def fit(self, X: np.ndarray, y: Sequence[str]) -> Self:
         features, labels = self._check_training_data(X, y)
         # One BLAS thread: several OpenMP/OpenBLAS runtimes share the process with torch, and
         # letting each spin up threads makes this fit about three times slower on 2 cores.
         with threadpool_limits(limits=1):
-            model = LogisticRegression(C=self.C, max_iter=self.max_iter).fit(features, labels)
+            model = LogisticRegression(C=self.C, max_iter=self.max_iter, tol=self.tol)
+            model.fit(features, labels)
         coef = model.coef_.astype(np.float32)
         intercept = model.intercept_.astype(np.float32)
         if coef.shape[0] == 1:
@@ -44,23 +46,20 @@ class LinearHead(Head):
         self.n_features_in_ = features.shape[1]
         return self
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        features = self._check_predict_input(X)
-        logits = features @ self.coef_.T + self.intercept_
+    def _proba(self, X: np.ndarray) -> np.ndarray:
+        logits = X @ self.coef_.T + self.intercept_
         return np.asarray(softmax(logits, axis=1), dtype=np.float32)
 
-    def to_state(self) -> HeadState:
-        self._check_fitted()
+    def _state(self) -> HeadState:
         config: dict[str, Any] = {
             "kind": self.kind,
             "classes": self.classes_,
-            "params": {"C": self.C, "max_iter": self.max_iter},
+            "params": {"C": self.C, "max_iter": self.max_iter, "tol": self.tol},
         }
         return HeadState(config, {"coef": self.coef_, "intercept": self.intercept_})
 
     @classmethod
-    def from_state(cls, state: HeadState) -> Self:
-        cls._check_state_kind(state)
+    def _from_state(cls, state: HeadState) -> Self:
         head = cls(**state.config["params"])
         head.classes_ = list(state.config["classes"])
         head.coef_ = state.tensors["coef"]

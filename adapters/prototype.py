@@ -51,12 +51,11 @@ class PrototypeHead(Head):
         )
         return self
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        features = _unit_rows(self._check_predict_input(X))
+    def _proba(self, X: np.ndarray) -> np.ndarray:
+        features = _unit_rows(X)
         return np.asarray(softmax(self.scale_ * (features @ self.centroids_.T), axis=1), np.float32)
 
-    def to_state(self) -> HeadState:
-        self._check_fitted()
+    def _state(self) -> HeadState:
         config: dict[str, Any] = {
             "kind": self.kind,
             "classes": self.classes_,
@@ -66,8 +65,7 @@ class PrototypeHead(Head):
         return HeadState(config, tensors)
 
     @classmethod
-    def from_state(cls, state: HeadState) -> Self:
-        cls._check_state_kind(state)
+    def _from_state(cls, state: HeadState) -> Self:
         head = cls(**state.config["params"])
         head.classes_ = list(state.config["classes"])
         head.centroids_ = state.tensors["centroids"]

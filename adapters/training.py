@@ -1,4 +1,9 @@
-"""Fitting a head from labelled features and reporting what a user can act on."""
+"""Fitting a head from labelled features and reporting what a user can act on.
+
+``fit_head`` is the one training path: it cross-validates the kind's candidate settings on the
+batch (``auto``: every kind's), keeps the best, calibrates its probabilities and, if asked, its
+abstention threshold, fits the winner on all examples, and reports what it found.
+"""
 
 from __future__ import annotations
 
@@ -10,29 +15,59 @@ from typing import Any
 
 import numpy as np
 
-from adapters import new_head
-from adapters.base import Head
+from adapters import HEAD_KINDS, Head, TrainingDataError
+from adapters.selection import (
+    CVResult,
+    calibrate_abstention,
+    cross_validate,
+    fit_temperature,
+    n_folds,
+)
 
 #: A label with this many times fewer examples than the largest one is called imbalanced.
 IMBALANCE_RATIO = 3.0
+#: Settings tried by cross-validation, per kind, in order. The linear head's optimum on
+#: sentence embeddings moves with the number of shots, so its regularisation is searched.
+CANDIDATES: dict[str, list[dict[str, Any]]] = {
+    "linear": [{"C": 16.0}, {"C": 96.0}],
+    "prototype": [{}],
+    "mlp": [{}],
+    "multilabel": [{}],
+}
+#: Cross-validation only ranks candidates and estimates accuracy: a looser fit is enough there
+#: and halves its cost (the head that is kept is fitted to the full tolerance).
+CV_SHORTCUTS: dict[str, dict[str, Any]] = {"linear": {"tol": 1e-3}, "mlp": {"epochs": 50}}
+#: The kinds ``auto`` chooses from, cheapest first so a tight budget still gets an answer.
+AUTO_KINDS = ("prototype", "linear", "mlp")
+
+#: ``False``, a threshold on the calibrated top probability, or ``"auto"``.
+Abstain = bool | float | str
 
 
 @dataclass
 class TrainingReport:
+    kind: str
+    params: dict[str, Any]
     examples_per_label: dict[str, int]
     train_accuracy: float
+    cv_folds: int
+    cv_accuracy: float | None
+    cv_macro_f1: float | None
+    temperature: float
+    abstain: dict[str, float] | None
     fit_ms: float
+    candidates: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def data_warnings(inputs: Sequence[Hashable], labels: Sequence[str]) -> list[str]:
+def data_warnings(inputs: Sequence[Hashable], labels: Sequence[Hashable]) -> list[str]:
     """Problems in a training set that still trains: duplicates, conflicts, thin labels."""
     warnings: list[str] = []
-    labels_of: dict[Hashable, set[str]] = defaultdict(set)
-    seen: Counter[tuple[Hashable, str]] = Counter()
+    labels_of: dict[Hashable, set[Hashable]] = defaultdict(set)
+    seen: Counter[tuple[Hashable, Hashable]] = Counter()
     for item, label in zip(inputs, labels, strict=True):
         labels_of[item].add(label)
         seen[(item, label)] += 1
@@ -42,7 +77,7 @@ def data_warnings(inputs: Sequence[Hashable], labels: Sequence[str]) -> list[str
     conflicts = sum(1 for found in labels_of.values() if len(found) > 1)
     if conflicts:
         warnings.append(f"{conflicts} input(s) appear under more than one label")
-    counts = Counter(labels)
+    counts = _label_counts(labels)
     single = sorted(label for label, n in counts.items() if n == 1)
     if single:
         shown = ", ".join(single[:5]) + (", ..." if len(single) > 5 else "")
@@ -55,18 +90,138 @@ def data_warnings(inputs: Sequence[Hashable], labels: Sequence[str]) -> list[str
     return warnings
 
 
+def _label_counts(labels: Sequence[Hashable]) -> dict[str, int]:
+    """Examples per label; a multilabel example (a tuple of labels) counts for each of them."""
+    counts: Counter[str] = Counter()
+    for label in labels:
+        counts.update(label if isinstance(label, tuple) else (str(label),))
+    return dict(sorted(counts.items()))
+
+
 def fit_head(
-    kind: str, features: np.ndarray, labels: Sequence[str], inputs: Sequence[Hashable]
+    kind: str,
+    features: np.ndarray,
+    labels: Sequence[Any],
+    inputs: Sequence[Hashable],
+    *,
+    abstain: Abstain = False,
+    budget_s: float = 5.0,
 ) -> tuple[Head, TrainingReport]:
-    """Fit a fresh head of ``kind``; ``inputs`` (texts, image hashes) only feed the warnings."""
+    """Fit a head of ``kind`` (or the best kind, for ``"auto"``) and report on it.
+
+    ``labels`` are strings, or lists of strings for ``multilabel``; ``inputs`` (texts, image
+    hashes) only feed the warnings. ``budget_s`` bounds the time ``auto`` spends comparing.
+    """
     started = time.perf_counter()
-    head = new_head(kind).fit(features, labels)
-    fit_ms = (time.perf_counter() - started) * 1000
+    if kind == "multilabel":
+        return _fit_multilabel(features, labels, inputs, abstain, started)
+    if any(isinstance(label, list | tuple) for label in labels):
+        raise TrainingDataError("only multilabel heads take a list of labels per example")
+    y = np.asarray([str(label) for label in labels], dtype=object)
+    folds = n_folds(y.tolist(), len(y))
+    if abstain == "auto" and not folds:
+        raise TrainingDataError(
+            '"abstain": "auto" calibrates on cross-validation, which needs at least 2 examples '
+            "of every label; give a threshold instead"
+        )
+    candidates = _candidates(kind, features, y, folds, started, budget_s)
+    best = max(candidates, key=_merit) if candidates else None
+    if best is not None:
+        chosen_kind, params = best.kind, best.params
+    else:  # nothing to cross-validate on: the kind's defaults (auto: the default kind's)
+        chosen_kind, params = ("linear" if kind == "auto" else kind), {}
+    make = _factory(chosen_kind, params)
+    head = make().fit(features, y)
+    temperature = fit_temperature(best, y) if best and chosen_kind != "prototype" else 1.0
+    head.temperature_ = temperature
+    calibration = None
+    if abstain == "auto":
+        assert best is not None
+        quick = _factory(chosen_kind, {**params, **CV_SHORTCUTS.get(chosen_kind, {})})
+        found = calibrate_abstention(best, quick, features, y, temperature)
+        head.abstain_threshold_ = found.threshold
+        calibration = found.to_dict()
+    elif abstain is not False and abstain is not True:
+        head.abstain_threshold_ = float(abstain)
+        calibration = {"threshold": float(abstain)}
     predicted = np.asarray(head.classes_, dtype=object)[head.predict_proba(features).argmax(axis=1)]
     report = TrainingReport(
-        examples_per_label=dict(sorted(Counter(labels).items())),
-        train_accuracy=round(float(np.mean(predicted == np.asarray(labels, dtype=object))), 4),
-        fit_ms=round(fit_ms, 1),
-        warnings=data_warnings(inputs, labels),
+        kind=chosen_kind,
+        params=head.params,
+        examples_per_label=_label_counts(y.tolist()),
+        train_accuracy=round(float(np.mean(predicted == y)), 4),
+        cv_folds=folds,
+        cv_accuracy=round(best.accuracy, 4) if best else None,
+        cv_macro_f1=round(best.macro_f1, 4) if best else None,
+        temperature=round(temperature, 4),
+        abstain=calibration,
+        fit_ms=round((time.perf_counter() - started) * 1000, 1),
+        candidates=[r.summary() for r in candidates] if len(candidates) > 1 else [],
+        warnings=data_warnings(inputs, y.tolist()),
+    )
+    return head, report
+
+
+def _merit(result: CVResult) -> tuple[float, float]:
+    """Higher CV accuracy wins; on a tie, the better calibrated (lower log-loss) candidate."""
+    return round(result.accuracy, 6), -result.log_loss
+
+
+def _factory(kind: str, params: dict[str, Any]) -> Any:
+    cls = HEAD_KINDS[kind]
+    return lambda: cls(**params)
+
+
+def _candidates(
+    kind: str, X: np.ndarray, y: np.ndarray, folds: int, started: float, budget_s: float
+) -> list[CVResult]:
+    """Cross-validated candidates; ``auto`` stops trying kinds once its budget is spent."""
+    if not folds:
+        return []
+    kinds = AUTO_KINDS if kind == "auto" else (kind,)
+    results: list[CVResult] = []
+    for each in kinds:
+        for params in CANDIDATES[each]:
+            if kind == "auto" and results and _would_overrun(results, started, budget_s):
+                return results
+            quick = _factory(each, {**params, **CV_SHORTCUTS.get(each, {})})
+            results.append(cross_validate(each, params, quick, X, y, folds))
+    return results
+
+
+def _would_overrun(results: list[CVResult], started: float, budget_s: float) -> bool:
+    slowest = max(r.seconds for r in results)
+    return time.perf_counter() - started + 2 * slowest > budget_s
+
+
+def _fit_multilabel(
+    features: np.ndarray,
+    labels: Sequence[Any],
+    inputs: Sequence[Hashable],
+    abstain: Abstain,
+    started: float,
+) -> tuple[Head, TrainingReport]:
+    if abstain is not False:
+        raise TrainingDataError(
+            "multilabel heads abstain by their per-label threshold, not an abstain option"
+        )
+    label_sets = [tuple(sorted({str(v) for v in row})) for row in labels]
+    head = HEAD_KINDS["multilabel"]().fit(features, label_sets)
+    proba = head.predict_proba(features)
+    threshold = head.params["threshold"]
+    truth = np.asarray([[c in row for c in head.classes_] for row in label_sets])
+    exact = float(np.mean(((proba >= threshold) == truth).all(axis=1)))
+    report = TrainingReport(
+        kind="multilabel",
+        params=head.params,
+        examples_per_label=_label_counts(label_sets),
+        train_accuracy=round(exact, 4),
+        cv_folds=0,
+        cv_accuracy=None,
+        cv_macro_f1=None,
+        temperature=1.0,
+        abstain=None,
+        fit_ms=round((time.perf_counter() - started) * 1000, 1),
+        warnings=data_warnings(inputs, label_sets),
     )
     return head, report

@@ -1,4 +1,4 @@
-"""The real datasets copied into ``data/``: banking77 intents and the Oxford-IIIT Pet sample."""
+"""The real datasets: banking77 intents (``data/``) and Oxford-IIIT Pet photos (``examples/``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
+PETS = ROOT / "examples" / "pets"
 
 
 @dataclass(frozen=True)
@@ -40,3 +41,23 @@ def few_shot(rows: list[Labelled], per_label: int, seed: int) -> list[Labelled]:
 def held_out_sample(size: int = 500) -> list[Labelled]:
     """A fixed, label-spread slice of the test split: every 6th row, the first ``size``."""
     return banking77("test")[::6][:size]
+
+
+@dataclass(frozen=True)
+class Photo:
+    path: Path
+    breed: str  # e.g. "Bengal" (cats are capitalised) or "beagle"
+    species: str  # "cat" or "dog"
+
+    def base64(self) -> str:
+        import base64
+
+        return base64.b64encode(self.path.read_bytes()).decode("ascii")
+
+
+def pets(split: str) -> list[Photo]:
+    """``split`` is "train" (5 photos per breed, 185) or "test" (3 per breed, 111), by name."""
+    return [
+        Photo(path, path.stem.rsplit("_", 1)[0], path.parent.name.removesuffix("s"))
+        for path in sorted((PETS / split).glob("*/*.jpg"))
+    ]

@@ -349,17 +349,30 @@ FIGURE_NOTES = {
 
 
 def render(
-    figures: dict[str, float], notes: list[str], args: argparse.Namespace, dtype: str
+    figures: dict[str, float],
+    notes: list[str],
+    args: argparse.Namespace,
+    dtype: str,
+    *,
+    title: str = "Benchmark results",
+    figure_notes: dict[str, str] | None = None,
+    command: str | None = None,
 ) -> str:
+    """The results file: the machine, the command, a table of figures and FIGURE lines."""
     cpu = _cpu_name()
+    figure_notes = FIGURE_NOTES if figure_notes is None else figure_notes
+    if command is None:
+        command = (
+            f"`make bench` (`.venv/bin/python -m bench.run --seconds {args.seconds:g} "
+            f"--workers {args.workers} --cold-heads {args.cold_heads}`)"
+        )
     lines = [
-        "# Benchmark results",
+        f"# {title}",
         "",
         f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- machine: {cpu}, {os.cpu_count()} cores, {_memory_gb():.0f} GiB, "
         f"Python {platform.python_version()}, torch {torch.__version__}, backbone dtype {dtype}",
-        f"- command: `make bench` (`.venv/bin/python -m bench.run --seconds {args.seconds:g} "
-        f"--workers {args.workers} --cold-heads {args.cold_heads}`)",
+        f"- command: {command}",
         "- the load generator (aiohttp, one process) runs on the same cores as the server, and "
         "this machine is shared with other work: compare ratios from one run, not absolute "
         "figures across runs",
@@ -368,7 +381,7 @@ def render(
         "| figure | value | what |",
         "|---|---:|---|",
         *(
-            f"| `{name}` | {value:.2f} | {FIGURE_NOTES.get(name, '')} |"
+            f"| `{name}` | {value:.2f} | {figure_notes.get(name, '')} |"
             for name, value in figures.items()
         ),
         "",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import asdict
+
 import anyio
 import bentoml
 
@@ -9,7 +12,10 @@ from service.auth import Caller, KeyInfo
 from service.endpoint import endpoint
 from service.gateway import Gateway
 from service.heads import RankedPrediction
+from service.jobs import JobInfo
 from service.logs import configure_logging
+from service.metrics import registry_exposition
+from service.progress import TrainingProgress
 from service.registry import HeadInfo, VersionInfo
 from service.runtime import Runtime
 from service.schemas import (
@@ -24,9 +30,15 @@ from service.schemas import (
     DeleteResponse,
     EmbedRequest,
     EmbedResponse,
+    EvaluateRequest,
+    EvaluateResponse,
     HeadRequest,
     HeadsResponse,
     HeadSummary,
+    JobError,
+    JobProgress,
+    JobRequest,
+    JobResponse,
     KeyCreateRequest,
     KeyListRequest,
     KeyRevokeRequest,
@@ -42,6 +54,8 @@ from service.schemas import (
     VersionSummary,
 )
 from service.settings import Settings
+
+log = logging.getLogger("graft")
 
 
 # BentoML's own access log is off: the gateway writes one structured line per request instead.
@@ -64,12 +78,38 @@ class Graft:
     def close(self) -> None:
         self.runtime.close()
 
+    def __metrics__(self, exposition: str) -> str:
+        """BentoML's /metrics hook: add the gauges that are facts of the shared registry."""
+        try:
+            counted = registry_exposition(
+                self.runtime.registry.count_heads(), self.runtime.jobs.store.active_counts()
+            )
+        except Exception:  # the database is away: still serve every process metric
+            log.exception("could not count heads and jobs for /metrics")
+            return exposition
+        return exposition + counted
+
     @endpoint("/v1/heads/train", TrainRequest, TrainResponse)
     async def train(self, request: TrainRequest, caller: Caller) -> TrainResponse:
         """Train a head on the frozen backbone's features and register it as a new version."""
-        texts = [example.text for example in request.examples]
-        labels = [example.label for example in request.examples]
-        info = await self.heads.train(caller.tenant, request.head, texts, labels, request.kind)
+        return await self._train(request, caller)
+
+    async def _train(
+        self, request: TrainRequest, caller: Caller, progress: TrainingProgress | None = None
+    ) -> TrainResponse:
+        """The one training path, of /v1/heads/train and of training jobs alike."""
+        texts = [example.input for example in request.examples]
+        labels = [example.target for example in request.examples]
+        info = await self.heads.train(
+            caller.tenant,
+            request.head,
+            texts,
+            labels,
+            request.kind,
+            progress,
+            abstain=request.abstain,
+            base_version=request.base_version,
+        )
         return TrainResponse(
             head=info.head,
             version=info.version,
@@ -85,15 +125,34 @@ class Graft:
     async def predict(self, request: PredictRequest, caller: Caller) -> PredictResponse:
         """Label each input with a tenant's head (the newest version unless one is named)."""
         ref, ranked = await self.heads.predict(
-            caller.tenant, request.head, request.version, request.inputs, request.top_k
+            caller.tenant,
+            request.head,
+            request.version,
+            request.inputs,
+            request.top_k,
+            request.abstain_threshold,
         )
         return PredictResponse(head=ref.head, version=ref.version, predictions=_encode(ranked))
+
+    @endpoint("/v1/heads/evaluate", EvaluateRequest, EvaluateResponse)
+    async def evaluate(self, request: EvaluateRequest, caller: Caller) -> EvaluateResponse:
+        """Accuracy, macro-F1, per-label metrics, confusion matrix and calibration of a version
+        on labelled examples; stores nothing."""
+        ref, found = await self.heads.evaluate(
+            caller.tenant,
+            request.head,
+            request.version,
+            [example.input for example in request.examples],
+            [example.target for example in request.examples],
+            request.abstain_threshold,
+        )
+        return EvaluateResponse(head=ref.head, version=ref.version, **asdict(found))
 
     @endpoint("/v1/classify", ClassifyRequest, ClassifyResponse)
     async def classify(self, request: ClassifyRequest, caller: Caller) -> ClassifyResponse:
         """Train in memory from the examples, label the inputs, store nothing."""
-        texts = [example.text for example in request.examples]
-        labels = [example.label for example in request.examples]
+        texts = [example.input for example in request.examples]
+        labels = [example.target for example in request.examples]
         fitted, ranked = await self.heads.classify(
             texts, labels, request.inputs, request.kind, request.top_k
         )
@@ -143,6 +202,37 @@ class Graft:
             head=request.head, alias=request.alias, version=None, previous=previous
         )
 
+    @endpoint("/v1/jobs/train", TrainRequest, JobResponse)
+    async def start_training_job(self, request: TrainRequest, caller: Caller) -> JobResponse:
+        """Queue a training job (same body as /v1/heads/train) and answer its id at once."""
+        texts = [example.input for example in request.examples]
+        labels = [example.target for example in request.examples]
+        self.heads.limits.check_examples(texts, labels)  # refuse now, not as a failed job
+
+        async def run(progress: TrainingProgress) -> TrainResponse:
+            return await self._train(request, caller, progress)
+
+        summary = {"kind": request.kind, "n_examples": len(texts)}
+        jobs = self.runtime.jobs
+        job = await jobs.submit(caller.tenant, request.head, request.kind, summary, run)
+        return _job_response(job)
+
+    @endpoint("/v1/jobs/get", JobRequest, JobResponse)
+    async def get_job(self, request: JobRequest, caller: Caller) -> JobResponse:
+        """A training job's status, progress, and on success the version it registered."""
+        store = self.runtime.jobs.store
+        job = await anyio.to_thread.run_sync(store.get, caller.tenant, request.job)
+        return _job_response(job)
+
+    @endpoint("/v1/jobs/cancel", JobRequest, JobResponse)
+    async def cancel_job(self, request: JobRequest, caller: Caller) -> JobResponse:
+        """Cancel a queued or running job; it stops at its next checkpoint, registering nothing."""
+        job = await anyio.to_thread.run_sync(
+            self.runtime.jobs.store.cancel, caller.tenant, request.job
+        )
+        self.runtime.jobs.stop_local(job.id)  # the job may run in this very process
+        return _job_response(job)
+
     @endpoint("/v1/admin/keys/create", KeyCreateRequest, CreatedKey)
     async def create_key(self, request: KeyCreateRequest, caller: Caller) -> CreatedKey:
         """Issue an API key for a tenant (admin key only); the key is in this answer only."""
@@ -177,6 +267,26 @@ class Graft:
 Graft.add_asgi_middleware(Gateway)  # type: ignore[attr-defined]
 
 
+def _job_response(job: JobInfo) -> JobResponse:
+    error = None
+    if job.error_code is not None:
+        error = JobError(code=job.error_code, message=job.error_message or "")
+    return JobResponse(
+        job=job.id,
+        head=job.head,
+        kind=job.kind,
+        status=job.status,
+        progress=JobProgress(phase=job.phase, fraction=job.fraction),
+        n_examples=int(job.request.get("n_examples", 0)),
+        created=job.created_at,
+        updated=job.updated_at,
+        finished=job.finished_at,
+        error=error,
+        version=job.version,
+        result=TrainResponse.model_validate(job.result) if job.result is not None else None,
+    )
+
+
 def _key_summary(key: KeyInfo) -> KeySummary:
     return KeySummary(
         tenant=key.tenant, prefix=key.prefix, created=key.created, revoked=key.revoked
@@ -190,6 +300,7 @@ def _encode(ranked: list[RankedPrediction]) -> list[Prediction]:
             score=p.score,
             abstained=p.abstained,
             top=[ScoredLabel(label=label, score=score) for label, score in p.top],
+            labels=p.labels,
         )
         for p in ranked
     ]

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from service.errors import InvalidInput
 from service.settings import DEFAULT_TEXT_BACKBONE
 
 
@@ -48,7 +49,12 @@ class Model(Protocol):
 class Inputs(Protocol):
     """The input half: turns raw inputs into items for :meth:`Model.forward`."""
 
-    def prepare(self, inputs: Sequence[Any]) -> list[Any]: ...
+    #: Whether :meth:`prepare` takes long enough (decoding images) to belong off the event loop.
+    prepare_off_loop: bool
+
+    def prepare(self, inputs: Sequence[Any], field: str = "inputs") -> list[Any]:
+        """Items for the backbone; a bad input raises a 4xx naming ``{field}.{index}``."""
+        ...
 
     def cost(self, item: Any) -> int:
         """How much of a batch's budget an item takes (tokens for a text)."""
@@ -125,7 +131,16 @@ class TextInputs:
         self._tokenizer.enable_truncation(limit)
         self.max_tokens = limit
 
-    def prepare(self, inputs: Sequence[Any]) -> list[list[int]]:
+    #: Tokenising a call's texts takes microseconds: the event loop can do it.
+    prepare_off_loop = False
+
+    def prepare(self, inputs: Sequence[Any], field: str = "inputs") -> list[list[int]]:
+        for index, text in enumerate(inputs):
+            if not isinstance(text, str):  # the gateway refuses this first; callers in-process
+                raise InvalidInput(
+                    f"{field}.{index}: this server's backbone takes texts, not images",
+                    field=f"{field}.{index}",
+                )
         return [encoding.ids for encoding in self._tokenizer.encode_batch(list(inputs))]
 
     def cost(self, item: list[int]) -> int:

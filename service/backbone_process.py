@@ -195,8 +195,12 @@ class SharedBackbone:
     def dim(self) -> int:
         return self.info.dim
 
-    def prepare(self, inputs: Sequence[Any]) -> list[Any]:
-        return self.inputs.prepare(inputs)
+    @property
+    def prepare_off_loop(self) -> bool:
+        return self.inputs.prepare_off_loop
+
+    def prepare(self, inputs: Sequence[Any], field: str = "inputs") -> list[Any]:
+        return self.inputs.prepare(inputs, field)
 
     def cost(self, item: Any) -> int:
         return self.inputs.cost(item)
@@ -210,6 +214,10 @@ class SharedBackbone:
 
 def start_backbone(settings: Settings) -> SharedBackbone:
     """Start the backbone process and load the input side here while it loads the weights."""
+    if settings.backbone_kind == "image":
+        from service.vision import set_child_environment
+
+        set_child_environment()  # before the child starts: its OpenMP reads it once, at import
     process = BackboneProcess(
         ModelSpec(
             kind=settings.backbone_kind,

@@ -1,18 +1,21 @@
-"""The ``graft`` command line: serve the API, and manage API keys directly in the registry."""
+"""The ``graft`` command line: serve the API, manage API keys in the registry, drive a server."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from service.auth import KeyStore
+from service import cli_remote
 from service.settings import Settings
+
+if TYPE_CHECKING:  # SQLAlchemy and Alembic load only for the commands that use them
+    from service.auth import KeyStore
 
 app = typer.Typer(help="Graft: transfer learning as a service.", no_args_is_help=True)
 keys_app = typer.Typer(
@@ -53,6 +56,7 @@ def serve(
 
 
 def _key_store() -> KeyStore:
+    from service.auth import KeyStore
     from service.database import create_registry_engine, upgrade_schema
 
     engine = create_registry_engine(Settings().registry_url)
@@ -133,6 +137,10 @@ def keys_revoke(prefix: Annotated[str, typer.Argument(help="The key's prefix.")]
         console.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(1) from None
     console.print(f"revoked {revoked.prefix} ({revoked.tenant})")
+
+
+# train, predict, evaluate, heads, jobs: the commands that talk to a running server.
+cli_remote.register(app)
 
 
 def main() -> None:

@@ -51,6 +51,8 @@ def endpoint(
                 return error_response(exc)
             if isinstance(getattr(response, "version", None), int):
                 record["version"] = response.version  # type: ignore[attr-defined]
+            if isinstance(getattr(response, "job", None), str):
+                record["job"] = response.job  # type: ignore[attr-defined]
             return response
 
         api.__name__ = handler.__name__

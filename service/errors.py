@@ -6,7 +6,8 @@ Every error a caller can cause answers ``{"error": {"code", "message", "field"?,
     ├── BadRequest                 400  invalid_request
     │   ├── InvalidJSON            400  invalid_json
     │   ├── InvalidExamples        400  invalid_examples
-    │   ├── InvalidInput           400  invalid_input
+    │   ├── InvalidInput           400  invalid_input       (a text for an image backbone, ...)
+    │   │   └── InvalidImage       400  invalid_image       (undecodable, animated, too small)
     │   ├── UnknownKind            400  unknown_kind
     │   └── LimitExceeded          400  limit_exceeded      (+ limit, value)
     ├── Unauthenticated            401  unauthenticated
@@ -69,6 +70,10 @@ class InvalidExamples(BadRequest):
 
 class InvalidInput(BadRequest):
     code = "invalid_input"
+
+
+class InvalidImage(InvalidInput):
+    code = "invalid_image"
 
 
 class UnknownKind(BadRequest):

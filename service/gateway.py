@@ -8,11 +8,13 @@ with Graft's JSON error shape:
 3. the body must be JSON: 415 for another ``Content-Type``;
 4. the body must fit ``GRAFT_MAX_BODY_BYTES``: 413, from ``Content-Length`` before reading, or
    while reading a body sent without one;
-5. the body must match the route's request model: 400 naming the field.
+5. the body must match the route's request model, its inputs the backbone's modality (texts
+   or images): 400 naming the field.
 
 A request that passes is replayed to BentoML unchanged. Each request gets an ``X-Request-ID``
 (the caller's, if it sent a sane one) and one JSON access-log line with tenant, head, version,
-status and latency, never the body.
+status and latency, never the body (unless ``GRAFT_LOG_PAYLOADS`` is on) and never a key; and it
+counts in ``graft_requests_total`` by route, status and tenant (opted-in tenants only).
 """
 
 from __future__ import annotations
@@ -30,20 +32,25 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import metrics
 from service.endpoint import CALLER_KEY, LOG_KEY, REQUEST_MODELS, error_response
 from service.errors import (
     BadRequest,
     GraftError,
+    InvalidInput,
     InvalidJSON,
     MethodNotAllowed,
     PayloadTooLarge,
     UnknownKind,
     UnsupportedMediaType,
 )
+from service.schemas import MODALITY_MISMATCH
 
 access_log = logging.getLogger("graft.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _JSON_TYPES = {"application/json", ""}
+#: With GRAFT_LOG_PAYLOADS on, this much of each request body goes into its access-log line.
+LOGGED_BODY_CHARS = 4000
 
 
 class Gateway:
@@ -82,6 +89,12 @@ class Gateway:
             await self.app(scope, _replay(body, receive), send_with_id)
         finally:
             record["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
+            opted_in = self.graft.settings.metrics_tenants if self.graft is not None else ()
+            metrics.REQUESTS.labels(
+                scope["path"],
+                str(record.get("status", "none")),
+                metrics.tenant_label(record.get("tenant"), opted_in),
+            ).inc()
             access_log.info("request", extra=record)
 
     def _bind_on_startup(self, send: Send) -> Send:
@@ -127,8 +140,13 @@ class Gateway:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _too_large(int(declared), limit)
         body = await _read_body(receive, limit)
+        if graft.settings.log_payloads:  # texts in the log: for debugging only, off by default
+            record["body"] = body.decode("utf-8", errors="replace")[:LOGGED_BODY_CHARS]
         try:
-            model.model_validate_json(body or b"{}")
+            # The backbone's modality: a text sent to an image backbone (or the reverse) is
+            # refused here, naming its field.
+            context = {"modality": graft.settings.backbone_kind}
+            model.model_validate_json(body or b"{}", context=context)
         except ValidationError as exc:
             raise validation_error(exc) from None
         return body
@@ -185,4 +203,6 @@ def validation_error(exc: ValidationError) -> GraftError:
     field = ".".join(location)
     if location == ["kind"] and kind == "literal_error":
         return UnknownKind(f"unknown head kind: {message}", field=field)
+    if kind == MODALITY_MISMATCH:
+        return InvalidInput(f"{field}: {message}", field=field)
     return BadRequest(f"{field}: {message}", field=field)

@@ -10,21 +10,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
 import numpy as np
 
 from adapters import Head, HeadState, TrainingDataError, head_from_state
-from adapters.training import TrainingReport, fit_head
+from adapters.evaluation import Evaluation, evaluate_head
+from adapters.training import Abstain, TrainingReport, fit_head
 from service import metrics
 from service.backbone_process import SharedBackbone
 from service.batcher import EmbeddingBatcher
 from service.cache import HeadCache
 from service.errors import BackboneMismatch, InvalidExamples
 from service.limits import Limits
+from service.progress import EMBED_CHUNK, TrainingProgress, TrainingStopped
 from service.registry import HeadInfo, NewVersion, Registry, VersionInfo, VersionRef
+from service.schemas import InputItem
 from service.settings import Settings
+from service.training_data import TrainingSet, training_set
 
 T = TypeVar("T")
 
@@ -35,16 +40,43 @@ class RankedPrediction:
     score: float
     top: list[tuple[str, float]]
     abstained: bool = False
+    labels: list[str] | None = None
 
 
-def rank(classes: Sequence[str], proba: np.ndarray, top_k: int) -> list[RankedPrediction]:
-    """Turn a probability matrix into per-row predictions with the ``top_k`` labels."""
+def rank(
+    head: Head, proba: np.ndarray, top_k: int, threshold: float | None = None
+) -> list[RankedPrediction]:
+    """Per-row predictions with the ``top_k`` labels of a probability matrix.
+
+    A single-label head abstains (``label=None``) where its top probability is under
+    ``threshold`` (the call's, else the head's own); a multilabel head answers every label at
+    or over its per-label threshold, and abstains when there is none.
+    """
+    classes = head.classes_
+    if threshold is None:
+        threshold = head.abstain_threshold_
     k = min(top_k, len(classes))
     order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
     results = []
     for row, ranked in zip(proba, order, strict=True):
         top = [(classes[i], float(row[i])) for i in ranked]
-        results.append(RankedPrediction(label=top[0][0], score=top[0][1], top=top))
+        label: str | None = top[0][0]
+        labels = None
+        if head.multilabel:
+            cut = head.params["threshold"] if threshold is None else threshold
+            labels = [classes[i] for i in np.argsort(-row, kind="stable") if row[i] >= cut]
+            abstained = not labels
+        else:
+            abstained = threshold is not None and top[0][1] < threshold
+        results.append(
+            RankedPrediction(
+                label=None if abstained else label,
+                score=top[0][1],
+                top=top,
+                abstained=abstained,
+                labels=labels,
+            )
+        )
     return results
 
 
@@ -66,14 +98,17 @@ class HeadService:
 
     # -- features ----------------------------------------------------------------------------
 
-    async def embed(self, inputs: Sequence[str], *, bulk: bool = False) -> np.ndarray:
-        if bulk:  # large batches: keep tokenisation off the event loop
-            items = await anyio.to_thread.run_sync(self.backbone.prepare, inputs)
+    async def embed(
+        self, inputs: Sequence[InputItem], *, bulk: bool = False, field: str = "inputs"
+    ) -> np.ndarray:
+        """Features of ``inputs``; a bad one is refused naming ``{field}.{index}``."""
+        if bulk or self.backbone.prepare_off_loop:  # large batches, or images to decode
+            items = await anyio.to_thread.run_sync(self.backbone.prepare, inputs, field)
         else:
-            items = self.backbone.prepare(inputs)
+            items = self.backbone.prepare(inputs, field)
         return await self.batcher.embed(items, bulk=bulk)
 
-    async def embed_inputs(self, inputs: Sequence[str]) -> np.ndarray:
+    async def embed_inputs(self, inputs: Sequence[InputItem]) -> np.ndarray:
         """The /v1/embed path: limits first, then the shared backbone."""
         self.limits.check_inputs(inputs)
         return await self.embed(inputs)
@@ -81,35 +116,98 @@ class HeadService:
     # -- training ----------------------------------------------------------------------------
 
     async def fit(
-        self, texts: Sequence[str], labels: Sequence[str], kind: str
-    ) -> tuple[Head, TrainingReport]:
-        """Embed and fit, without storing anything."""
+        self,
+        texts: Sequence[InputItem],
+        labels: Sequence[Any],
+        kind: str,
+        progress: TrainingProgress | None = None,
+        *,
+        abstain: Abstain = False,
+        base: TrainingSet | None = None,
+    ) -> tuple[Head, TrainingReport, TrainingSet]:
+        """Embed and fit (on ``base``'s examples too, if given), without storing anything."""
         self.limits.check_examples(texts, labels)
-        features = await self.embed(texts, bulk=True)
+        if base is not None:
+            self.limits.check_training_set(
+                len(base) + len(texts), base.labels + list(labels), "examples"
+            )
+        if progress is None:
+            features = await self.embed(texts, bulk=True, field="examples")
+        else:
+            features = await self._embed_reporting(texts, progress)
+            await progress.phase("fitting")
+        data = training_set(features, labels, texts)
+        if base is not None:
+            data = base.extended(data)
         try:
-            return await anyio.to_thread.run_sync(fit_head, kind, features, labels, texts)
+            head, report = await anyio.to_thread.run_sync(
+                partial(
+                    fit_head,
+                    kind,
+                    data.features,
+                    data.labels,
+                    data.digests,
+                    abstain=abstain,
+                    budget_s=self.settings.auto_budget_s,
+                )
+            )
         except TrainingDataError as exc:
             raise InvalidExamples(str(exc), field="examples") from exc
+        return head, report, data
+
+    async def _embed_reporting(
+        self, texts: Sequence[InputItem], progress: TrainingProgress
+    ) -> np.ndarray:
+        """Embed chunk by chunk, reporting after each one (where a cancelled job stops)."""
+        items = await anyio.to_thread.run_sync(self.backbone.prepare, texts, "examples")
+        features = np.empty((len(items), self.backbone.dim), dtype=np.float32)
+        for start in range(0, len(items), EMBED_CHUNK):
+            chunk = items[start : start + EMBED_CHUNK]
+            features[start : start + len(chunk)] = await self.batcher.embed(chunk, bulk=True)
+            await progress.embedded(start + len(chunk), len(items))
+        return features
 
     async def train(
-        self, tenant: str, head: str, texts: Sequence[str], labels: Sequence[str], kind: str
+        self,
+        tenant: str,
+        head: str,
+        texts: Sequence[InputItem],
+        labels: Sequence[Any],
+        kind: str,
+        progress: TrainingProgress | None = None,
+        *,
+        abstain: Abstain = False,
+        base_version: int | str | None = None,
     ) -> VersionInfo:
+        """Embed, fit and register; ``progress`` (a training job's) hears of each step.
+
+        With ``base_version``, the new version learns from that version's examples as well
+        as from these; the base's features are reused, not recomputed.
+        """
         started = time.perf_counter()
         try:
-            fitted, report = await self.fit(texts, labels, kind)
+            base = None
+            if base_version is not None:
+                base = await self._training_set_of(tenant, head, base_version)
+            fitted, report, data = await self.fit(
+                texts, labels, kind, progress, abstain=abstain, base=base
+            )
             state = fitted.to_state()
             train_ms = round((time.perf_counter() - started) * 1000, 1)
             new = NewVersion(
-                kind=kind,
+                kind=fitted.kind,
                 labels=list(fitted.classes_),
-                n_examples=len(texts),
+                n_examples=len(data),
                 backbone=self.backbone.name,
                 fingerprint=self.backbone.fingerprint,
                 config_json=state.config_json(),
                 weights=state.tensor_bytes(),
                 report=report.to_dict(),
                 train_ms=train_ms,
+                training_data=data.to_bytes(),
             )
+            if progress is not None:
+                await progress.phase("registering")  # past this, a job can no longer be cancelled
             info = await anyio.to_thread.run_sync(self._register, tenant, head, new)
         except Exception as exc:
             metrics.TRAININGS.labels(kind, _outcome(exc)).inc()
@@ -119,28 +217,44 @@ class HeadService:
         metrics.TRAINING_EXAMPLES.observe(len(texts))
         return info
 
+    async def _training_set_of(self, tenant: str, head: str, version: int | str) -> TrainingSet:
+        ref = await self._read(self.registry.resolve, tenant, head, version)
+        self._check_backbone(ref)
+        stored = await self._read(self.registry.load_training_data, ref.id)
+        if stored is None:
+            raise InvalidExamples(
+                f"version {ref.version} of head {head!r} was trained before Graft kept training "
+                "sets; train it again with all its examples",
+                field="base_version",
+            )
+        return TrainingSet.from_bytes(stored)
+
     def _register(self, tenant: str, head: str, new: NewVersion) -> VersionInfo:
-        info = self.registry.register_version(
+        return self.registry.register_version(
             tenant,
             head,
             new,
             max_heads=self.settings.max_heads_per_tenant,
             keep_versions=self.settings.max_versions_per_head,
         )
-        metrics.HEADS_REGISTERED.set(self.registry.count_heads())
-        return info
 
     # -- prediction --------------------------------------------------------------------------
 
     async def predict(
-        self, tenant: str, head: str, version: int | str | None, inputs: Sequence[str], top_k: int
+        self,
+        tenant: str,
+        head: str,
+        version: int | str | None,
+        inputs: Sequence[InputItem],
+        top_k: int,
+        abstain_threshold: float | None = None,
     ) -> tuple[VersionRef, list[RankedPrediction]]:
         try:
             self.limits.check_inputs(inputs)
             ref = await self._read(self.registry.resolve, tenant, head, version)
             fitted = await self._head_for(ref)
             features = await self.embed(inputs)
-            predictions = rank(fitted.classes_, fitted.predict_proba(features), top_k)
+            predictions = rank(fitted, fitted.predict_proba(features), top_k, abstain_threshold)
         except Exception as exc:
             metrics.PREDICTIONS.labels(_outcome(exc)).inc()
             raise
@@ -150,16 +264,36 @@ class HeadService:
 
     async def classify(
         self,
-        texts: Sequence[str],
-        labels: Sequence[str],
-        inputs: Sequence[str],
+        texts: Sequence[InputItem],
+        labels: Sequence[Any],
+        inputs: Sequence[InputItem],
         kind: str,
         top_k: int,
     ) -> tuple[Head, list[RankedPrediction]]:
         self.limits.check_inputs(inputs)
-        fitted, _report = await self.fit(texts, labels, kind)
+        fitted, _report, _data = await self.fit(texts, labels, kind)
         features = await self.embed(inputs)
-        return fitted, rank(fitted.classes_, fitted.predict_proba(features), top_k)
+        return fitted, rank(fitted, fitted.predict_proba(features), top_k)
+
+    async def evaluate(
+        self,
+        tenant: str,
+        head: str,
+        version: int | str | None,
+        inputs: Sequence[InputItem],
+        labels: Sequence[Any],
+        abstain_threshold: float | None = None,
+    ) -> tuple[VersionRef, Evaluation]:
+        """Score a stored version on labelled examples it may never have seen."""
+        self.limits.check_examples(inputs, labels)
+        ref = await self._read(self.registry.resolve, tenant, head, version)
+        fitted = await self._head_for(ref)
+        features = await self.embed(inputs, bulk=True, field="examples")
+        proba = fitted.predict_proba(features)
+        found = await anyio.to_thread.run_sync(
+            partial(evaluate_head, fitted, proba, list(labels), abstain_threshold)
+        )
+        return ref, found
 
     # -- the registry, off the event loop --------------------------------------------------
 
@@ -175,9 +309,7 @@ class HeadService:
         return await self._read(self.registry.get_head, tenant, head)
 
     async def delete(self, tenant: str, head: str, version: int | None) -> list[int]:
-        deleted = await anyio.to_thread.run_sync(self.registry.delete, tenant, head, version)
-        metrics.HEADS_REGISTERED.set(await anyio.to_thread.run_sync(self.registry.count_heads))
-        return deleted
+        return await anyio.to_thread.run_sync(self.registry.delete, tenant, head, version)
 
     async def set_alias(self, tenant: str, head: str, alias: str, version: int) -> int | None:
         return await anyio.to_thread.run_sync(self.registry.set_alias, tenant, head, alias, version)
@@ -185,7 +317,7 @@ class HeadService:
     async def delete_alias(self, tenant: str, head: str, alias: str) -> int:
         return await anyio.to_thread.run_sync(self.registry.delete_alias, tenant, head, alias)
 
-    async def _head_for(self, ref: VersionRef) -> Head:
+    def _check_backbone(self, ref: VersionRef) -> None:
         if ref.fingerprint != self.backbone.fingerprint:
             raise BackboneMismatch(
                 f"version {ref.version} of head {ref.head!r} was trained on backbone "
@@ -193,6 +325,9 @@ class HeadService:
                 f"({self.backbone.fingerprint}); retrain the head on this backbone",
                 field="head",
             )
+
+    async def _head_for(self, ref: VersionRef) -> Head:
+        self._check_backbone(ref)
         cached = self.cache.get(ref.id)
         if cached is not None:
             metrics.HEAD_CACHE_HITS.inc()
@@ -208,5 +343,7 @@ class HeadService:
 
 
 def _outcome(exc: BaseException) -> str:
+    if isinstance(exc, TrainingStopped):
+        return "cancelled"
     status = getattr(exc, "status", 500)
     return "client_error" if 400 <= status < 500 else "server_error"

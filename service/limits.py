@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from service.errors import LimitExceeded
 from service.settings import Settings
@@ -12,20 +13,27 @@ class Limits:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def check_inputs(self, texts: Sequence[str], field: str = "inputs") -> None:
+    def check_inputs(self, texts: Sequence[Any], field: str = "inputs") -> None:
         self._check_count(len(texts), self.settings.max_inputs, "GRAFT_MAX_INPUTS", field, "inputs")
         self._check_text_lengths(texts, field)
 
     def check_examples(
-        self, texts: Sequence[str], labels: Sequence[str], field: str = "examples"
+        self, texts: Sequence[Any], labels: Sequence[Any], field: str = "examples"
     ) -> None:
-        self._check_count(
-            len(texts), self.settings.max_examples, "GRAFT_MAX_EXAMPLES", field, "examples"
-        )
-        self._check_count(
-            len(set(labels)), self.settings.max_labels, "GRAFT_MAX_LABELS", field, "distinct labels"
-        )
+        self.check_training_set(len(texts), labels, field)
         self._check_text_lengths(texts, field, suffix=".text")
+
+    def check_training_set(self, n_examples: int, labels: Sequence[Any], field: str) -> None:
+        """Examples and distinct labels (a multilabel example's tuple counts each label)."""
+        self._check_count(
+            n_examples, self.settings.max_examples, "GRAFT_MAX_EXAMPLES", field, "examples"
+        )
+        distinct = {
+            one for label in labels for one in (label if isinstance(label, tuple) else (label,))
+        }
+        self._check_count(
+            len(distinct), self.settings.max_labels, "GRAFT_MAX_LABELS", field, "distinct labels"
+        )
 
     @staticmethod
     def _check_count(count: int, limit: int, name: str, field: str, what: str) -> None:
@@ -37,10 +45,11 @@ class Limits:
                 field=field,
             )
 
-    def _check_text_lengths(self, texts: Sequence[str], field: str, suffix: str = "") -> None:
+    def _check_text_lengths(self, texts: Sequence[Any], field: str, suffix: str = "") -> None:
         limit = self.settings.max_text_chars
         for index, text in enumerate(texts):
-            if len(text) > limit:
+            # Images have their own limits, checked as they are decoded (service.images).
+            if isinstance(text, str) and len(text) > limit:
                 raise LimitExceeded(
                     f"text {index} has {len(text)} characters; the limit "
                     f"(GRAFT_MAX_TEXT_CHARS) is {limit}",

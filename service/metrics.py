@@ -1,15 +1,22 @@
 """Graft's Prometheus metrics, served on /metrics and summed over workers by BentoML.
 
 BentoML points ``PROMETHEUS_MULTIPROC_DIR`` at a shared directory before it imports the service,
-so these plain ``prometheus_client`` objects write per-process files that its /metrics merges.
-Tenants appear as a label only on ``graft_tenant_requests_total``, and only for the tenants named
-in ``GRAFT_METRICS_TENANTS`` (all others count as ``other``), so a deployment with thousands of
+so these plain ``prometheus_client`` objects write per-process files that its /metrics merges:
+counters and histograms are exact sums over every worker. Facts about the shared registry (heads
+registered, jobs waiting) are not per-process at all; they are counted in the database when
+/metrics is scraped (:func:`registry_exposition`), so every worker and replica reports the same.
+
+Tenants appear as a label only on ``graft_requests_total``, and only for the tenants named in
+``GRAFT_METRICS_TENANTS`` (all others count as ``other``), so a deployment with thousands of
 tenants keeps a bounded number of series.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Collection, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -20,7 +27,15 @@ PREDICTIONS = Counter(
 )
 PREDICTED_INPUTS = Counter("graft_predicted_inputs_total", "Inputs classified by predict calls.")
 TRAININGS = Counter(
-    "graft_trainings_total", "Train calls by head kind and outcome.", ["kind", "outcome"]
+    "graft_trainings_total",
+    "Trainings (train calls and training jobs) by head kind and outcome (ok, client_error, "
+    "server_error, cancelled).",
+    ["kind", "outcome"],
+)
+JOBS = Counter(
+    "graft_jobs_total",
+    "Training jobs run by this server, by final status (succeeded, failed, cancelled).",
+    ["status"],
 )
 TRAINING_SECONDS = Histogram(
     "graft_training_seconds",
@@ -58,13 +73,39 @@ HEAD_LOAD_SECONDS = Histogram(
     "Time to load a head from the registry and rebuild it.",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
 )
-HEADS_REGISTERED = Gauge(
-    "graft_heads_registered",
-    "Heads with at least one version, over all tenants.",
-    multiprocess_mode="mostrecent",
+REQUESTS = Counter(
+    "graft_requests_total",
+    "/v1 requests by route, status and tenant (opted-in tenants only; others are 'other').",
+    ["route", "status", "tenant"],
 )
-TENANT_REQUESTS = Counter(
-    "graft_tenant_requests_total",
-    "Requests per tenant, for the opted-in tenants only.",
-    ["tenant", "route", "status"],
-)
+OTHER_TENANTS = "other"
+
+
+def tenant_label(tenant: str | None, opted_in: Collection[str]) -> str:
+    """The tenant's own label if it is one of the few opted in, else ``other``."""
+    return tenant if tenant is not None and tenant in opted_in else OTHER_TENANTS
+
+
+def registry_exposition(heads_registered: int, jobs_by_status: Mapping[str, int]) -> str:
+    """The database-wide gauges in Prometheus text format, to append to /metrics."""
+
+    class _Snapshot:
+        def collect(self) -> Iterator[Metric]:
+            heads = GaugeMetricFamily(
+                "graft_heads_registered",
+                "Heads with at least one version, over all tenants (counted in the registry).",
+            )
+            heads.add_metric([], heads_registered)
+            yield heads
+            waiting = GaugeMetricFamily(
+                "graft_jobs_active",
+                "Training jobs queued or running, over all replicas (counted in the registry).",
+                labels=["status"],
+            )
+            for status, count in sorted(jobs_by_status.items()):
+                waiting.add_metric([status], count)
+            yield waiting
+
+    snapshot = CollectorRegistry(auto_describe=False)
+    snapshot.register(_Snapshot())
+    return generate_latest(snapshot).decode()

@@ -65,6 +65,7 @@ class NewVersion:
     weights: bytes
     report: dict[str, Any]
     train_ms: float
+    training_data: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ class Registry:
                     fingerprint=new.fingerprint,
                     config=new.config_json,
                     weights=new.weights,
+                    training_data=new.training_data,
                     size_bytes=len(new.weights) + len(new.config_json),
                     report=new.report,
                     train_ms=new.train_ms,
@@ -376,6 +378,16 @@ class Registry:
         if row is None:
             raise VersionNotFound("that version was deleted while it was being loaded")
         return row.config, bytes(row.weights)
+
+    def load_training_data(self, version_id: int) -> bytes | None:
+        """The stored training set of one version (None for versions from before it was kept)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(head_versions.c.training_data).where(head_versions.c.id == version_id)
+            ).first()
+        if row is None:
+            raise VersionNotFound("that version was deleted while it was being read")
+        return None if row.training_data is None else bytes(row.training_data)
 
     def list_heads(self, tenant: str) -> list[HeadInfo]:
         with self.engine.connect() as conn:

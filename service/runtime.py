@@ -1,4 +1,4 @@
-"""Wiring of one serving process: settings → registry, keys, backbone, batcher, cache, heads."""
+"""Wiring of one serving process: settings → registry, keys, backbone, batcher, heads, jobs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from service.batcher import EmbeddingBatcher
 from service.cache import HeadCache
 from service.database import create_registry_engine, upgrade_schema
 from service.heads import HeadService
+from service.job_runner import JobRunner, process_owner_id, stale_after
+from service.jobs import JobStore
 from service.registry import Registry
 from service.settings import Settings
 
@@ -26,6 +28,7 @@ class Runtime:
     backbone: SharedBackbone
     batcher: EmbeddingBatcher
     heads: HeadService
+    jobs: JobRunner
 
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
@@ -40,16 +43,27 @@ class Runtime:
         heads = HeadService(
             settings, backbone, batcher, registry, HeadCache(settings.head_cache_bytes)
         )
+        jobs = JobRunner(
+            JobStore(
+                engine,
+                owner=process_owner_id(),
+                stale_after=stale_after(settings.job_heartbeat_seconds),
+            ),
+            heartbeat_seconds=settings.job_heartbeat_seconds,
+            max_queued=settings.max_queued_jobs,
+        )
+        jobs.start()
         if settings.auth == "off":
             log.warning(
                 "GRAFT_AUTH=off: no API keys are checked and the tenant comes from the "
                 "X-Tenant-ID header; use it only on a trusted machine"
             )
         return cls(
-            settings, registry, keys, Authenticator(settings, keys), backbone, batcher, heads
+            settings, registry, keys, Authenticator(settings, keys), backbone, batcher, heads, jobs
         )
 
     def close(self) -> None:
+        self.jobs.close()
         self.batcher.close()
         self.backbone.close()
         self.registry.engine.dispose()

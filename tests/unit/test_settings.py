@@ -53,9 +53,28 @@ def test_settings_are_frozen():
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("AUTH", "maybe"), ("MAX_INPUTS", "0"), ("WORKERS", "none"), ("BACKBONE_DTYPE", "int4")],
+    [
+        ("AUTH", "maybe"),
+        ("MAX_INPUTS", "0"),
+        ("WORKERS", "none"),
+        ("BACKBONE_DTYPE", "int4"),
+        ("JOB_HEARTBEAT_SECONDS", "0"),
+        ("MAX_QUEUED_JOBS", "0"),
+        ("LOG_PAYLOADS", "maybe"),
+    ],
 )
 def test_invalid_values_fail_at_start_up(monkeypatch, name, value):
     monkeypatch.setenv(f"GRAFT_{name}", value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_metrics_tenants_are_a_short_comma_separated_list(monkeypatch):
+    monkeypatch.setenv("GRAFT_METRICS_TENANTS", " acme, globex ,")
+    assert Settings().metrics_tenants == ("acme", "globex")
+    monkeypatch.delenv("GRAFT_METRICS_TENANTS")
+    assert Settings().metrics_tenants == ()
+    for refused in ("acme,two words", ",".join(f"t{i}" for i in range(101))):
+        monkeypatch.setenv("GRAFT_METRICS_TENANTS", refused)
+        with pytest.raises(ValidationError):
+            Settings()

@@ -1,0 +1,124 @@
+"""How good a fitted head is on labelled examples: accuracy, F1, calibration, abstention."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
+from sklearn.preprocessing import MultiLabelBinarizer
+
+from adapters.base import Head
+
+#: Confidence bins of the expected calibration error.
+ECE_BINS = 10
+
+
+@dataclass
+class Evaluation:
+    n_examples: int
+    accuracy: float
+    macro_f1: float
+    expected_calibration_error: float | None
+    per_label: dict[str, dict[str, float]]
+    labels: list[str]
+    confusion_matrix: list[list[int]] | None
+    abstention: dict[str, Any] | None
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray) -> float:
+    """Support-weighted gap between mean confidence and accuracy, over equal-width bins."""
+    bins = np.minimum((confidence * ECE_BINS).astype(int), ECE_BINS - 1)
+    gap = 0.0
+    for b in range(ECE_BINS):
+        members = bins == b
+        if members.any():
+            gap += members.mean() * abs(confidence[members].mean() - correct[members].mean())
+    return float(gap)
+
+
+def evaluate_head(
+    head: Head, proba: np.ndarray, truth: Sequence[Any], abstain_threshold: float | None = None
+) -> Evaluation:
+    """Metrics of ``head``'s probabilities ``proba`` against the true labels ``truth``.
+
+    Labels the head does not know still count (they can only be predicted wrong), so the
+    label set is the union of the head's and the examples'. Accuracy, F1 and the confusion
+    matrix judge the top label; abstention, if a threshold applies, is reported beside them.
+    """
+    if head.multilabel:
+        return _evaluate_multilabel(head, proba, truth)
+    y_true = np.asarray([str(v) for v in truth], dtype=object)
+    y_pred = np.asarray(head.classes_, dtype=object)[proba.argmax(axis=1)]
+    labels = sorted(set(head.classes_) | set(y_true.tolist()))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    confidence = proba.max(axis=1)
+    correct = y_pred == y_true
+    threshold = head.abstain_threshold_ if abstain_threshold is None else abstain_threshold
+    return Evaluation(
+        n_examples=len(y_true),
+        accuracy=float(accuracy_score(y_true, y_pred)),
+        macro_f1=float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        expected_calibration_error=expected_calibration_error(confidence, correct),
+        per_label=_per_label(labels, precision, recall, f1, support),
+        labels=labels,
+        confusion_matrix=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        abstention=None if threshold is None else _abstention(threshold, confidence, correct),
+    )
+
+
+def _abstention(threshold: float, confidence: np.ndarray, correct: np.ndarray) -> dict[str, Any]:
+    answered = confidence >= threshold
+    return {
+        "threshold": threshold,
+        "abstained": int((~answered).sum()),
+        "coverage": float(answered.mean()),
+        "answered_accuracy": float(correct[answered].mean()) if answered.any() else None,
+        "accuracy": float((correct & answered).mean()),
+    }
+
+
+def _per_label(
+    labels: list[str], precision: Any, recall: Any, f1: Any, support: Any
+) -> dict[str, dict[str, float]]:
+    return {
+        label: {
+            "precision": float(p),
+            "recall": float(r),
+            "f1": float(f),
+            "support": int(s),
+        }
+        for label, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)
+    }
+
+
+def _evaluate_multilabel(head: Head, proba: np.ndarray, truth: Sequence[Any]) -> Evaluation:
+    sets = [[str(v) for v in row] for row in truth]
+    labels = sorted(set(head.classes_) | {v for row in sets for v in row})
+    binarizer = MultiLabelBinarizer(classes=labels).fit([labels])
+    y_true = binarizer.transform(sets)
+    columns = [labels.index(c) for c in head.classes_]
+    y_pred = np.zeros_like(y_true)
+    y_pred[:, columns] = proba >= head.params["threshold"]
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, zero_division=0
+    )
+    return Evaluation(
+        n_examples=len(sets),
+        accuracy=float(accuracy_score(y_true, y_pred)),  # subset accuracy: every label right
+        macro_f1=float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        expected_calibration_error=None,
+        per_label=_per_label(labels, precision, recall, f1, support),
+        labels=labels,
+        confusion_matrix=None,
+        abstention=None,
+    )

@@ -1,0 +1,165 @@
+"""Cross-validation on the submitted batch: choosing settings, estimating accuracy, calibrating.
+
+Few-shot training sets are too small to spare a validation split, so every estimate here comes
+from stratified k-fold predictions on the examples themselves (out-of-fold, "OOF"): each example
+is predicted by a head that never saw it. The same OOF probabilities choose a kind's settings,
+estimate accuracy and macro-F1, fit the softmax temperature, and set an abstention threshold.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.model_selection import StratifiedKFold
+
+from adapters.base import Head, tempered
+
+#: At most this many folds: more would cost time for little better an estimate.
+MAX_FOLDS = 3
+#: Above this many examples, cross-validation would cost more than the head is worth.
+MAX_CV_EXAMPLES = 6000
+#: "auto" abstention may cost at most this share of in-scope answers that were right.
+ABSTAIN_IN_SCOPE_LOSS = 0.02
+#: Labels held out per round when estimating how unseen intents score.
+HOLDOUT_ROUNDS = 3
+
+HeadFactory = Callable[[], Head]
+
+
+@dataclass
+class CVResult:
+    """Out-of-fold predictions of one candidate (a kind with settings)."""
+
+    kind: str
+    params: dict[str, Any]
+    classes: list[str]
+    proba: np.ndarray  # n_examples x n_classes, columns follow ``classes``
+    accuracy: float
+    macro_f1: float
+    log_loss: float
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "params": self.params,
+            "cv_accuracy": round(self.accuracy, 4),
+            "cv_macro_f1": round(self.macro_f1, 4),
+            "cv_log_loss": round(self.log_loss, 4),
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def n_folds(labels: Sequence[str], n_examples: int) -> int:
+    """Folds for stratified CV, or 0 when it cannot (a label with one example) or should not."""
+    if n_examples > MAX_CV_EXAMPLES or not labels:
+        return 0
+    smallest = min(Counter(labels).values())
+    return min(MAX_FOLDS, smallest) if smallest >= 2 else 0
+
+
+def cross_validate(
+    kind: str,
+    params: dict[str, Any],
+    make: HeadFactory,
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: int,
+) -> CVResult:
+    started = time.perf_counter()
+    classes = sorted(set(y.tolist()))
+    proba = np.zeros((len(y), len(classes)), dtype=np.float32)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
+    for train, test in splitter.split(X, y):
+        head = make().fit(X[train], y[train])
+        columns = [classes.index(c) for c in head.classes_]
+        proba[np.ix_(test, columns)] = head.predict_proba(X[test])
+    predicted = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
+    truth = np.searchsorted(classes, y)
+    return CVResult(
+        kind=kind,
+        params=params,
+        classes=classes,
+        proba=proba,
+        accuracy=float(accuracy_score(y, predicted)),
+        macro_f1=float(f1_score(y, predicted, average="macro", zero_division=0)),
+        log_loss=_nll(proba, truth),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _nll(proba: np.ndarray, truth: np.ndarray) -> float:
+    picked = proba[np.arange(len(truth)), truth]
+    return float(-np.log(np.clip(picked, 1e-12, 1.0)).mean())
+
+
+def fit_temperature(result: CVResult, y: np.ndarray) -> float:
+    """The softmax temperature that makes the out-of-fold probabilities best calibrated."""
+    truth = np.searchsorted(result.classes, y)
+
+    def loss(log_t: float) -> float:
+        return _nll(tempered(result.proba, float(np.exp(log_t))), truth)
+
+    best = minimize_scalar(loss, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(best.x))
+
+
+@dataclass(frozen=True)
+class AbstainCalibration:
+    threshold: float
+    #: Estimated share of queries about labels the head never saw that it would refuse.
+    out_of_scope_rejected: float
+    #: Estimated share of in-scope queries it would refuse (right or wrong answers).
+    in_scope_rejected: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: round(v, 4) for k, v in self.__dict__.items()}
+
+
+def calibrate_abstention(
+    result: CVResult, make: HeadFactory, X: np.ndarray, y: np.ndarray, temperature: float
+) -> AbstainCalibration:
+    """Pick the threshold on the calibrated top probability for ``"abstain": "auto"``.
+
+    In-scope confidences are the out-of-fold ones. Out-of-scope stand-ins come from holding
+    whole labels out: a head trained without them scores their examples, exactly as a
+    deployed head meets a query about an intent it was never taught. The threshold is the
+    highest that costs at most ``ABSTAIN_IN_SCOPE_LOSS`` of the in-scope answers that were
+    right; wrong answers that fall below it are refused at no cost.
+    """
+    proba = tempered(result.proba, temperature)
+    confidence = proba.max(axis=1)
+    right = np.asarray(result.classes, dtype=object)[proba.argmax(axis=1)] == y
+    affordable = int(ABSTAIN_IN_SCOPE_LOSS * len(y))
+    right_conf = np.sort(confidence[right])
+    threshold = float(right_conf[affordable]) if affordable < len(right_conf) else 0.0
+    unseen = _unseen_label_confidences(make, X, y, temperature)
+    return AbstainCalibration(
+        threshold=threshold,
+        out_of_scope_rejected=float(np.mean(unseen < threshold)) if len(unseen) else 0.0,
+        in_scope_rejected=float(np.mean(confidence < threshold)),
+    )
+
+
+def _unseen_label_confidences(
+    make: HeadFactory, X: np.ndarray, y: np.ndarray, temperature: float
+) -> np.ndarray:
+    classes = sorted(set(y.tolist()))
+    if len(classes) < 3:
+        return np.zeros(0, dtype=np.float32)  # holding one out would leave a single label
+    shuffled = np.random.default_rng(0).permutation(np.asarray(classes, dtype=object))
+    found = []
+    for held in np.array_split(shuffled, min(HOLDOUT_ROUNDS, len(classes) - 2)):
+        unseen = np.isin(y, held)
+        head = make().fit(X[~unseen], y[~unseen])
+        # The holdout heads are not calibrated on their own: the full head's temperature is.
+        head.temperature_ = temperature
+        found.append(head.predict_proba(X[unseen]).max(axis=1))
+    return np.concatenate(found)

@@ -1,0 +1,247 @@
+"""Few-shot quality on banking77: every head kind, abstention, and SetFit side by side.
+
+    make bench-quality      # = .venv/bin/python -m bench.quality [--draws 3] [--setfit-draws 1]
+
+For 5 and 10 examples per label, ``--draws`` random draws of the training split; each head
+kind is trained through the service's own training path (the backbone's features, then
+``adapters.training.fit_head``, with cross-validation, calibration and the kind's settings
+search) and evaluated on the full test split (3,080 sentences). Training time is the time to
+embed the draw plus the fit, as ``/v1/heads/train`` spends it.
+
+Abstention: 10 labels are held out as "out of scope"; a linear head with ``"abstain": "auto"``
+learns the other 67, and is scored on the in-scope test sentences (accuracy, counting a refusal
+as wrong, against the same head never refusing) and on the held-out labels' sentences (the share
+refused).
+
+SetFit (contrastive fine-tuning of the same MiniLM body, then logistic regression) runs on the
+same draws when it is installed (``pip install -e '.[quality]'``); it is slow on a CPU, so by
+default on one draw per shot count. Prints a table and ``FIGURE name value`` lines, and writes
+both to bench/RESULTS-quality.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+from adapters.training import fit_head
+from bench.datasets import Labelled, banking77, few_shot
+from service.backbone import (
+    TextInputs,
+    TextModel,
+    configure_torch_threads,
+    resolve_torch_dtype,
+    text_model_dir,
+)
+from service.settings import DEFAULT_TEXT_BACKBONE
+
+RESULTS = Path(__file__).with_name("RESULTS-quality.md")
+KINDS = ("prototype", "linear", "mlp", "auto")
+OUT_OF_SCOPE_LABELS = 10
+
+
+class Encoder:
+    """The serving backbone, in this process: the same tokeniser, model, dtype and pooling."""
+
+    def __init__(self, dtype: str) -> None:
+        model_dir = text_model_dir(DEFAULT_TEXT_BACKBONE)
+        self.inputs = TextInputs(model_dir, max_tokens=256)
+        self.model = TextModel(
+            model_dir, name=DEFAULT_TEXT_BACKBONE, dtype=resolve_torch_dtype(dtype)
+        )
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        items = self.inputs.prepare(texts)
+        order = sorted(range(len(items)), key=lambda i: len(items[i]))
+        out = np.zeros((len(items), self.model.info.dim), dtype=np.float32)
+        for start in range(0, len(order), 64):
+            rows = order[start : start + 64]
+            out[rows] = self.model.forward([items[i] for i in rows])
+        return out
+
+
+def scores(truth: list[str], predicted: list[str]) -> tuple[float, float]:
+    return (
+        float(accuracy_score(truth, predicted)),
+        float(f1_score(truth, predicted, average="macro", zero_division=0)),
+    )
+
+
+def run_kinds(
+    encode: Encoder, draw: list[Labelled], test_X: np.ndarray, test_y: list[str]
+) -> dict[str, dict[str, float]]:
+    started = time.perf_counter()
+    X = encode([row.text for row in draw])
+    embed_s = time.perf_counter() - started
+    y = [row.label for row in draw]
+    found = {}
+    for kind in KINDS:
+        started = time.perf_counter()
+        head, report = fit_head(kind, X, y, [row.text for row in draw])
+        fit_s = time.perf_counter() - started
+        predicted = list(np.asarray(head.classes_)[head.predict_proba(test_X).argmax(axis=1)])
+        accuracy, macro_f1 = scores(test_y, predicted)
+        found[kind] = {
+            "accuracy": accuracy,
+            "macro_f1": macro_f1,
+            "train_s": embed_s + fit_s,
+            "chosen": report.kind,
+        }
+    return found
+
+
+def run_abstention(
+    encode: Encoder, train: list[Labelled], test: list[Labelled], test_X: np.ndarray, seed: int
+) -> dict[str, float]:
+    labels = sorted({row.label for row in train})
+    unseen = set(random.Random(seed).sample(labels, OUT_OF_SCOPE_LABELS))
+    draw = few_shot([row for row in train if row.label not in unseen], per_label=10, seed=seed)
+    X = encode([row.text for row in draw])
+    head, report = fit_head(
+        "linear", X, [row.label for row in draw], [row.text for row in draw], abstain="auto"
+    )
+    proba = head.predict_proba(test_X)
+    top = proba.max(axis=1)
+    predicted = np.asarray(head.classes_)[proba.argmax(axis=1)]
+    truth = np.asarray([row.label for row in test])
+    in_scope = ~np.isin(truth, list(unseen))
+    threshold = head.abstain_threshold_ or 0.0
+    right = predicted[in_scope] == truth[in_scope]
+    return {
+        "threshold": threshold,
+        "in_scope_accuracy": float(right.mean()),
+        "in_scope_accuracy_abstaining": float((right & (top[in_scope] >= threshold)).mean()),
+        "out_of_scope_rejected": float((top[~in_scope] < threshold).mean()),
+        "estimated_out_of_scope_rejected": float(report.abstain["out_of_scope_rejected"])
+        if report.abstain
+        else 0.0,
+    }
+
+
+def run_setfit(draw: list[Labelled], test: list[Labelled]) -> dict[str, float] | None:
+    try:
+        from datasets import Dataset
+        from setfit import SetFitModel, Trainer, TrainingArguments
+    except ImportError:
+        return None
+    model = SetFitModel.from_pretrained(str(text_model_dir(DEFAULT_TEXT_BACKBONE)))
+    arguments = TrainingArguments(
+        batch_size=32, num_epochs=1, num_iterations=5, seed=0, report_to="none"
+    )
+    data = Dataset.from_dict({"text": [r.text for r in draw], "label": [r.label for r in draw]})
+    started = time.perf_counter()
+    Trainer(model=model, args=arguments, train_dataset=data).train()
+    train_s = time.perf_counter() - started
+    predicted = [str(p) for p in model.predict([r.text for r in test], batch_size=128)]
+    accuracy, macro_f1 = scores([r.label for r in test], predicted)
+    return {"accuracy": accuracy, "macro_f1": macro_f1, "train_s": train_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--setfit-draws", type=int, default=1)
+    parser.add_argument("--dtype", default="float32", help="backbone dtype (float32, auto)")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    configure_torch_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    train, test = banking77("train"), banking77("test")
+    encode = Encoder(args.dtype)
+    started = time.perf_counter()
+    test_X = encode([row.text for row in test])
+    print(f"embedded the test split in {time.perf_counter() - started:.1f} s", flush=True)
+    test_y = [row.label for row in test]
+
+    kinds: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
+    setfit: dict[int, list[dict[str, float]]] = defaultdict(list)
+    for shots in (5, 10):
+        for seed in range(args.draws):
+            draw = few_shot(train, per_label=shots, seed=seed)
+            for kind, found in run_kinds(encode, draw, test_X, test_y).items():
+                kinds[(shots, kind)].append(found)
+                print(f"{shots:>2} shots seed {seed} {kind:<9} {found}", flush=True)
+            if seed < args.setfit_draws:
+                result = run_setfit(draw, test)
+                if result is not None:
+                    setfit[shots].append(result)
+                    print(f"{shots:>2} shots seed {seed} setfit    {result}", flush=True)
+    abstention = [run_abstention(encode, train, test, test_X, seed) for seed in range(args.draws)]
+    for found in abstention:
+        print(f"abstention {found}", flush=True)
+    write(kinds, setfit, abstention, args)
+
+
+def mean(values: list[dict[str, Any]], key: str) -> float:
+    return statistics.fmean(float(v[key]) for v in values)
+
+
+def write(
+    kinds: dict[tuple[int, str], list[dict[str, Any]]],
+    setfit: dict[int, list[dict[str, float]]],
+    abstention: list[dict[str, float]],
+    args: argparse.Namespace,
+) -> None:
+    rows = ["| shots | kind | accuracy | macro-F1 | train s | draws |", "|---|---|---|---|---|---|"]
+    figures: dict[str, float] = {}
+    for (shots, kind), found in sorted(kinds.items()):
+        chosen = ", ".join(sorted({f["chosen"] for f in found})) if kind == "auto" else ""
+        label = f"{kind} ({chosen})" if chosen else kind
+        rows.append(
+            f"| {shots} | {label} | {mean(found, 'accuracy'):.4f} | {mean(found, 'macro_f1'):.4f} "
+            f"| {mean(found, 'train_s'):.2f} | {len(found)} |"
+        )
+        figures[f"{kind}_{shots}shot_accuracy"] = mean(found, "accuracy")
+        figures[f"{kind}_{shots}shot_train_s"] = mean(found, "train_s")
+    for shots, found in sorted(setfit.items()):
+        rows.append(
+            f"| {shots} | SetFit (5 pair iterations, 1 epoch) | {mean(found, 'accuracy'):.4f} "
+            f"| {mean(found, 'macro_f1'):.4f} | {mean(found, 'train_s'):.2f} | {len(found)} |"
+        )
+        figures[f"setfit_{shots}shot_accuracy"] = mean(found, "accuracy")
+        figures[f"setfit_{shots}shot_train_s"] = mean(found, "train_s")
+    best = max(KINDS, key=lambda k: figures[f"{k}_10shot_accuracy"])
+    figures["best_kind_10shot_accuracy"] = figures[f"{best}_10shot_accuracy"]
+    figures["best_kind_10shot_train_s"] = figures[f"{best}_10shot_train_s"]
+    for key in ("in_scope_accuracy", "in_scope_accuracy_abstaining", "out_of_scope_rejected"):
+        figures[f"abstain_{key}"] = mean(abstention, key)  # type: ignore[arg-type]
+    lines = [
+        "# Few-shot quality on banking77",
+        "",
+        f"`.venv/bin/python -m bench.quality --draws {args.draws} --setfit-draws "
+        f"{args.setfit_draws} --dtype {args.dtype}` (`make bench-quality`), on "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"test split: 3,080 sentences, 77 labels; means over draws.",
+        "",
+        *rows,
+        "",
+        f"Best kind at 10 shots: `{best}`. Abstention (10 of 77 labels held out as out of scope, "
+        f'linear head, `"abstain": "auto"`, 10 shots, {len(abstention)} draws): in-scope '
+        f"accuracy {figures['abstain_in_scope_accuracy']:.4f} never refusing, "
+        f"{figures['abstain_in_scope_accuracy_abstaining']:.4f} refusing below the threshold; "
+        f"out-of-scope sentences refused: {figures['abstain_out_of_scope_rejected']:.4f}.",
+        "",
+        "```",
+        *(f"FIGURE {name} {value:.4f}" for name, value in figures.items()),
+        "```",
+        "",
+    ]
+    RESULTS.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

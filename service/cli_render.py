@@ -1,0 +1,222 @@
+"""How the ``graft`` CLI shows answers to people: rich tables and progress bars (not --json)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from service.schemas import (
+    EvaluateResponse,
+    HeadsResponse,
+    HeadSummary,
+    JobResponse,
+    Prediction,
+    TrainResponse,
+)
+
+#: Longer texts are cut to this many characters in tables.
+TEXT_WIDTH = 60
+#: A confusion matrix is drawn only for heads with at most this many labels.
+MAX_MATRIX_LABELS = 15
+
+
+def upload_progress(console: Console) -> Progress:
+    """Bytes sent, then (same bar) the wait for the answer."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def job_progress(console: Console) -> Progress:
+    """A training job's phase and how much of it is done."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description:<22}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def job_description(job: JobResponse) -> str:
+    return f"{job.status}: {job.progress.phase}" if job.status == "running" else job.status
+
+
+def trained(answer: TrainResponse) -> RenderableType:
+    table = _fields(
+        ("head", answer.head),
+        ("version", str(answer.version)),
+        ("kind", answer.kind),
+        ("labels", _count_and_names(answer.labels)),
+        ("examples", str(answer.n_examples)),
+        ("train time", f"{answer.train_ms / 1000:.2f} s"),
+        *_report_rows(answer.report),
+    )
+    return table
+
+
+def predictions(texts: Sequence[str], found: Sequence[Prediction], top_k: int) -> Table:
+    table = Table("#", "text", "label", "score", *(["also"] if top_k > 1 else []))
+    for index, (text, prediction) in enumerate(zip(texts, found, strict=True), start=1):
+        label = "[dim](none of these)[/dim]" if prediction.abstained else str(prediction.label)
+        row = [str(index), _cut(text), label, f"{prediction.score:.3f}"]
+        if top_k > 1:
+            row.append(", ".join(f"{t.label} {t.score:.2f}" for t in prediction.top[1:]))
+        table.add_row(*row)
+    return table
+
+
+def heads(found: HeadsResponse) -> Table:
+    table = Table("head", "latest", "versions", "kind", "labels", "aliases", "created")
+    for head in found.heads:
+        latest = head.versions[-1]
+        table.add_row(
+            head.head,
+            str(head.latest_version),
+            ", ".join(str(v.version) for v in head.versions),
+            latest.kind,
+            str(len(latest.labels)),
+            ", ".join(f"{name}→{version}" for name, version in sorted(head.aliases.items())),
+            f"{latest.created:%Y-%m-%d %H:%M}",
+        )
+    return table
+
+
+def head(found: HeadSummary) -> RenderableType:
+    table = Table(
+        "version",
+        "kind",
+        "labels",
+        "examples",
+        "train acc.",
+        "size",
+        "created",
+        "aliases",
+        title=f"head {found.head}",
+    )
+    for version in found.versions:
+        accuracy = version.report.get("train_accuracy")
+        table.add_row(
+            str(version.version),
+            version.kind,
+            str(len(version.labels)),
+            str(version.n_examples),
+            f"{accuracy:.3f}" if isinstance(accuracy, int | float) else "",
+            f"{version.size_bytes / 1024:.1f} KB",
+            f"{version.created:%Y-%m-%d %H:%M}",
+            ", ".join(version.aliases),
+        )
+    latest = found.versions[-1]
+    return Group(table, f"labels of version {latest.version}: {', '.join(latest.labels)}")
+
+
+def job(state: JobResponse) -> Table:
+    rows = [
+        ("job", state.job),
+        ("head", state.head),
+        ("kind", state.kind),
+        ("status", state.status),
+        ("phase", f"{state.progress.phase} ({state.progress.fraction:.0%})"),
+        ("examples", str(state.n_examples)),
+        ("created", f"{state.created:%Y-%m-%d %H:%M:%S}"),
+    ]
+    if state.version is not None:
+        rows.append(("version", str(state.version)))
+    if state.error is not None:
+        rows.append(("error", f"{state.error.code}: {state.error.message}"))
+    return _fields(*rows)
+
+
+def evaluation(answer: EvaluateResponse) -> RenderableType:
+    """Accuracy and macro-F1, the per-label table, and the confusion matrix if it is small."""
+    ece = answer.expected_calibration_error
+    summary = [
+        ("head", answer.head),
+        ("version", str(answer.version)),
+        ("examples", str(answer.n_examples)),
+        ("accuracy", f"{answer.accuracy:.3f}"),
+        ("macro F1", f"{answer.macro_f1:.3f}"),
+        *([("calibration error", f"{ece:.3f}")] if ece is not None else []),
+    ]
+    if answer.abstention is not None:
+        kept = answer.abstention
+        summary.append(
+            (
+                "abstained",
+                f"{kept.abstained} (threshold {kept.threshold:.2f}, coverage {kept.coverage:.3f})",
+            )
+        )
+    parts: list[RenderableType] = [_fields(*summary)]
+    table = Table("label", "precision", "recall", "f1", "support", title="per label")
+    unseen = [label for label, metrics in answer.per_label.items() if metrics.support == 0]
+    if unseen:  # a 77-label head scored on a few labels' examples: keep the table readable
+        table.caption = f"{len(unseen)} labels without examples here are not shown"
+    for label, metrics in answer.per_label.items():
+        if metrics.support == 0:
+            continue
+        table.add_row(
+            label,
+            f"{metrics.precision:.3f}",
+            f"{metrics.recall:.3f}",
+            f"{metrics.f1:.3f}",
+            str(metrics.support),
+        )
+    parts.append(table)
+    matrix, labels = answer.confusion_matrix, answer.labels
+    if matrix is not None and len(labels) <= MAX_MATRIX_LABELS:
+        grid = Table("true \\ predicted", *labels, title="confusion matrix")
+        for label, counts in zip(labels, matrix, strict=True):
+            grid.add_row(label, *map(str, counts))
+        parts.append(grid)
+    elif matrix is not None:
+        parts.append(f"confusion matrix: {len(labels)} labels, shown with --json only")
+    return Group(*parts)
+
+
+def _report_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    for name in ("train_accuracy", "cv_accuracy", "cv_macro_f1"):
+        if isinstance(report.get(name), int | float):
+            rows.append((name.replace("_", " "), f"{report[name]:.3f}"))
+    for warning in report.get("warnings", []) or []:
+        rows.append(("warning", f"[yellow]{warning}[/yellow]"))
+    return rows
+
+
+def _fields(*rows: tuple[str, str]) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _count_and_names(labels: Sequence[str], shown: int = 8) -> str:
+    names = ", ".join(labels[:shown]) + (", ..." if len(labels) > shown else "")
+    return f"{len(labels)} ({names})"
+
+
+def _cut(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= TEXT_WIDTH else flat[: TEXT_WIDTH - 1] + "…"

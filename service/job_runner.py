@@ -1,0 +1,200 @@
+"""Runs training jobs inside the server process that accepted them, one at a time, off the request.
+
+A job is an asyncio task on the worker's event loop: embedding goes through the same batcher as
+every other call (its bulk lane, so predictions keep flowing), while the blocking parts (SQL,
+tokenising, fitting) run in worker threads, so the loop is never held. One job runs at a time per
+process (the backbone is the bottleneck, and two jobs would only interleave); the others wait
+``queued``, at most ``GRAFT_MAX_QUEUED_JOBS`` per process, because a waiting job keeps its
+examples in memory.
+
+A daemon thread beats the heartbeat of this process's jobs every ``GRAFT_JOB_HEARTBEAT_SECONDS``
+and now and then fails the jobs of processes that went silent (see ``service.jobs``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import anyio
+
+from service import metrics
+from service.errors import GraftError, Unavailable
+from service.jobs import CANCELLED, FAILED, INTERNAL, SUCCEEDED, JobInfo, JobStore
+from service.progress import TrainingProgress, TrainingStopped
+from service.schemas import TrainResponse
+
+log = logging.getLogger("graft.jobs")
+
+#: A job unheard of for this many heartbeats belongs to a process that died.
+STALE_BEATS = 6
+#: Every this many heartbeats, look for (and fail) the jobs of processes that died.
+SWEEP_BEATS = 6
+#: Finished jobs are forgotten after this long.
+RETENTION = timedelta(days=7)
+#: Least time between two progress writes of one job; between them, each checkpoint checks for
+#: a cancel with a read (no write lock), so a cancel from any process stops the next chunk.
+PROGRESS_INTERVAL_S = 0.5
+
+Training = Callable[[TrainingProgress], Awaitable[TrainResponse]]
+
+
+def process_owner_id() -> str:
+    """Names this process in the jobs table: host and pid for people, a nonce against pid reuse."""
+    return f"{socket.gethostname()[:80]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def stale_after(heartbeat_seconds: float) -> timedelta:
+    return timedelta(seconds=heartbeat_seconds * STALE_BEATS)
+
+
+class JobRunner:
+    def __init__(self, store: JobStore, *, heartbeat_seconds: float, max_queued: int) -> None:
+        self.store = store
+        self.heartbeat_seconds = heartbeat_seconds
+        self.max_queued = max_queued
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopping: set[str] = set()  # cancelled through this process: stop at once
+        self._one_at_a_time: asyncio.Semaphore | None = None
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._maintain, name="graft-jobs", daemon=True)
+
+    def start(self) -> None:
+        """At process start-up: fail the jobs of dead processes, forget old ones, start beating."""
+        self.store.fail_stale()
+        self.store.prune(RETENTION)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._tasks:
+            self.store.fail_own(
+                "the server shut down while the job was queued or running; submit it again"
+            )
+
+    async def submit(
+        self, tenant: str, head: str, kind: str, request: dict[str, Any], train: Training
+    ) -> JobInfo:
+        """Record a queued job and start it in the background; answers at once."""
+        if len(self._tasks) >= self.max_queued:
+            raise Unavailable(
+                f"this server process already has {len(self._tasks)} training jobs queued or "
+                "running (GRAFT_MAX_QUEUED_JOBS); retry later"
+            )
+        job = await anyio.to_thread.run_sync(self.store.create, tenant, head, kind, request)
+        task = asyncio.get_running_loop().create_task(self._run(job, train), name=f"job-{job.id}")
+        self._tasks[job.id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
+        return job
+
+    def stop_local(self, job_id: str) -> None:
+        """A cancel that reached the job's own process: stop at the next checkpoint."""
+        if job_id in self._tasks:
+            self._stopping.add(job_id)
+
+    async def _run(self, job: JobInfo, train: Training) -> None:
+        started = time.perf_counter()
+        status, version, error = FAILED, None, None
+        try:
+            if self._one_at_a_time is None:
+                self._one_at_a_time = asyncio.Semaphore(1)
+            async with self._one_at_a_time:
+                if job.id in self._stopping or not await anyio.to_thread.run_sync(
+                    self.store.start, job.id, "embedding"
+                ):
+                    raise TrainingStopped()
+                response = await train(_JobProgress(self, job.id))
+            version = response.version
+            await anyio.to_thread.run_sync(
+                self.store.succeed, job.id, version, response.model_dump(mode="json")
+            )
+            status = SUCCEEDED
+        except TrainingStopped:
+            status = CANCELLED
+        except GraftError as exc:  # the caller's data or a limit: the job says which
+            error = exc.code
+            await self._fail(job.id, exc.code, exc.message)
+        except Exception:
+            log.exception("training job failed", extra={"job": job.id, "tenant": job.tenant})
+            error = INTERNAL
+            await self._fail(
+                job.id, INTERNAL, "the training failed on the server; the server log has details"
+            )
+        finally:
+            self._stopping.discard(job.id)
+            metrics.JOBS.labels(status).inc()
+            log.info(
+                "job finished",
+                extra={
+                    "job": job.id,
+                    "tenant": job.tenant,
+                    "head": job.head,
+                    "kind": job.kind,
+                    "n_examples": job.request.get("n_examples"),
+                    "status": status,
+                    "version": version,
+                    "error": error,
+                    "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+                },
+            )
+
+    async def _fail(self, job_id: str, code: str, message: str) -> None:
+        try:
+            await anyio.to_thread.run_sync(self.store.fail, job_id, code, message)
+        except Exception:  # the row stays active, unbeaten: a sweep fails it soon
+            log.exception("could not record a failed job", extra={"job": job_id})
+
+    def _maintain(self) -> None:
+        beats = 0
+        while not self._closed.wait(self.heartbeat_seconds):
+            beats += 1
+            try:
+                running_here = list(self._tasks)  # a copy: the event loop changes the dict
+                if running_here:
+                    self.store.beat(running_here)
+                if beats % SWEEP_BEATS == 0:
+                    self.store.fail_stale()
+            except Exception:  # a database hiccup must not end the heartbeat
+                log.exception("job heartbeat failed")
+
+
+class _JobProgress:
+    """A job's :class:`TrainingProgress`: writes progress, and stops a job that was cancelled."""
+
+    def __init__(self, runner: JobRunner, job_id: str) -> None:
+        self.runner = runner
+        self.job_id = job_id
+        self._last_write = 0.0
+
+    async def embedded(self, done: int, total: int) -> None:
+        self._stop_if_cancelled_here()
+        now = time.monotonic()
+        if now - self._last_write >= PROGRESS_INTERVAL_S or done == total:
+            self._last_write = now
+            await self._record("embedding", done / total if total else 1.0)
+        elif not await anyio.to_thread.run_sync(self.runner.store.is_running, self.job_id):
+            raise TrainingStopped()  # cancelled through another process: a read tells us
+
+    async def phase(self, name: str) -> None:
+        self._stop_if_cancelled_here()
+        await self._record(name, 0.0)
+
+    def _stop_if_cancelled_here(self) -> None:
+        if self.job_id in self.runner._stopping:
+            raise TrainingStopped()
+
+    async def _record(self, phase: str, fraction: float) -> None:
+        # The write is also the check for a cancel that reached another process or replica.
+        still_running = await anyio.to_thread.run_sync(
+            self.runner.store.record_progress, self.job_id, phase, fraction
+        )
+        if not still_running:
+            raise TrainingStopped()

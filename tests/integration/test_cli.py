@@ -1,0 +1,164 @@
+"""The ``graft`` CLI and the Python client against the real app in-process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from bench.datasets import banking77, few_shot
+from service import cli_remote
+from service.cli import app
+from service.client import GraftAPIError, GraftClient
+
+SENTIMENT = [
+    ("I love this, it works perfectly", "positive"),
+    ("Absolutely wonderful service, thank you", "positive"),
+    ("Great app, very happy with it", "positive"),
+    ("This is terrible and broken", "negative"),
+    ("Awful experience, I want my money back", "negative"),
+    ("Worst support I have ever had", "negative"),
+]
+
+
+@pytest.fixture
+def http(jobs_client):
+    return jobs_client
+
+
+@pytest.fixture
+def made(http, monkeypatch) -> list[dict[str, Any]]:
+    """Every CLI command's client goes to the in-process app; the options it got are kept."""
+    calls: list[dict[str, Any]] = []
+
+    def factory(url: str, *, key: str | None = None, tenant: str | None = None) -> GraftClient:
+        calls.append({"url": url, "key": key, "tenant": tenant})
+        return GraftClient(url, key=key, tenant=tenant, http=http)
+
+    monkeypatch.setattr(cli_remote, "client_factory", factory)
+    return calls
+
+
+def graft(*args: str, env: dict[str, str] | None = None) -> Any:
+    result = CliRunner().invoke(app, list(args), env=env)
+    return result
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    lines = ["utterance,intent", *(f'"{text}",{label}' for text, label in rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_train_predict_show_and_delete(made, tmp_path):
+    data = write_csv(tmp_path / "mood.csv", SENTIMENT)
+    columns = ["--text-column", "utterance", "--label-column", "intent"]
+    trained = graft("train", "--head", "mood", "--file", str(data), *columns, "--tenant", "cli")
+    assert trained.exit_code == 0, trained.output
+    assert "version" in trained.stdout and "2 (negative, positive)" in trained.stdout
+
+    as_json = graft("train", "--head", "mood", "--file", str(data), *columns, "--json")
+    assert json.loads(as_json.stdout)["version"] == 1  # the default tenant's first version
+
+    predicted = graft(
+        "predict", "--head", "mood", "what a lovely day", "this is awful", "--tenant", "cli"
+    )
+    assert predicted.exit_code == 0, predicted.output
+    assert "head mood, version 1" in predicted.stdout
+    assert "positive" in predicted.stdout and "negative" in predicted.stdout
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("I am so happy\nterrible, just terrible\nwonderful\n")
+    labelled = graft(
+        "predict", "--head", "mood", "--file", str(texts), "--batch-size", "2", "--json",
+        "--top-k", "2", "--tenant", "cli",
+    )  # fmt: skip
+    answer = json.loads(labelled.stdout)
+    assert [p["label"] for p in answer["predictions"]] == ["positive", "negative", "positive"]
+    assert len(answer["predictions"][0]["top"]) == 2
+
+    listed = json.loads(graft("heads", "list", "--json", "--tenant", "cli").stdout)
+    assert [h["head"] for h in listed["heads"]] == ["mood"]
+    shown = graft("heads", "show", "mood", "--tenant", "cli")
+    assert shown.exit_code == 0 and "labels of version 1: negative, positive" in shown.stdout
+
+    deleted = graft("heads", "delete", "mood", "--yes", "--json", "--tenant", "cli")
+    assert json.loads(deleted.stdout) == {"head": "mood", "deleted_versions": [1]}
+    gone = graft("heads", "show", "mood", "--tenant", "cli")
+    assert gone.exit_code == 1
+    assert "404 head_not_found (head)" in gone.stderr
+    assert made[0] == {"url": "http://127.0.0.1:3000", "key": None, "tenant": "cli"}
+
+
+def test_large_files_train_as_jobs_with_progress(made, http, tmp_path):
+    rows = few_shot(banking77("train"), per_label=4, seed=2)[:120]
+    data = tmp_path / "intents.jsonl"
+    data.write_text("".join(json.dumps({"text": r.text, "label": r.label}) + "\n" for r in rows))
+    env = {"GRAFT_URL": "http://graft.internal:3000", "GRAFT_API_KEY": ""}
+    trained = graft("train", "--head", "intents", "--file", str(data), "--job", "--json", env=env)
+    assert trained.exit_code == 0, trained.output
+    answer = json.loads(trained.stdout)  # the job's result: what /v1/heads/train answers
+    assert (answer["head"], answer["version"], answer["n_examples"]) == ("intents", 1, 120)
+    assert made[-1]["url"] == "http://graft.internal:3000"
+
+    started = graft("train", "--head", "intents", "--file", str(data), "--no-wait", "--json")
+    job = json.loads(started.stdout)["job"]
+    shown = graft("jobs", "show", job, "--json")
+    assert json.loads(shown.stdout)["job"] == job
+    assert GraftClient(http=http).wait_for_job(job).version == 2
+    refused = graft("jobs", "cancel", job)
+    assert refused.exit_code == 1 and "409 job_finished" in refused.stderr
+
+
+def test_evaluate_prints_metrics_and_the_confusion_matrix(made, tmp_path):
+    data = write_csv(tmp_path / "mood.csv", SENTIMENT)
+    columns = ["--text-column", "utterance", "--label-column", "intent"]
+    assert graft("train", "--head", "judge", "--file", str(data), *columns).exit_code == 0
+    held_out = write_csv(
+        tmp_path / "held_out.csv",
+        [("I really enjoyed it", "positive"), ("It broke after a day", "negative")],
+    )
+    table = graft("evaluate", "--head", "judge", "--file", str(held_out), *columns)
+    assert table.exit_code == 0, table.output
+    assert "accuracy" in table.stdout and "confusion matrix" in table.stdout
+    scored = json.loads(
+        graft("evaluate", "--head", "judge", "--file", str(held_out), *columns, "--json").stdout
+    )
+    assert (scored["accuracy"], scored["n_examples"]) == (1.0, 2)
+    assert scored["confusion_matrix"] == [[1, 0], [0, 1]]
+
+
+def test_mistakes_exit_with_a_message(made, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,category\nhello,x\n")
+    result = graft("train", "--head", "h", "--file", str(bad))
+    assert result.exit_code == 2
+    assert "no column 'label'" in result.stderr
+    assert graft("predict", "--head", "h").exit_code == 2  # no texts at all
+    unknown = graft("predict", "--head", "nothing-here", "hello")
+    assert unknown.exit_code == 1 and "head_not_found" in unknown.stderr
+
+
+def test_an_unreachable_server_is_one_line(monkeypatch):
+    monkeypatch.setattr(cli_remote, "client_factory", GraftClient)
+    result = graft("heads", "list", "--url", "http://127.0.0.1:9")
+    assert result.exit_code == 1
+    assert "cannot reach Graft at http://127.0.0.1:9" in result.stderr
+
+
+def test_the_client_raises_typed_errors(http):
+    client = GraftClient(tenant="typed", http=http)
+    with pytest.raises(GraftAPIError) as caught:
+        client.predict("missing", ["hello"])
+    assert (caught.value.status, caught.value.code, caught.value.field) == (
+        404,
+        "head_not_found",
+        "head",
+    )
+    with pytest.raises(GraftAPIError) as limited:
+        client.predict("missing", ["x" * 20_000])
+    assert limited.value.code == "limit_exceeded"
+    assert limited.value.details == {"limit": "GRAFT_MAX_TEXT_CHARS", "value": 10_000}

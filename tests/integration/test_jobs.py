@@ -1,0 +1,150 @@
+"""Training jobs over HTTP in-process: run to a version, fail with a reason, cancel, stay scoped."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from bench.datasets import banking77
+
+SENTIMENT = [
+    {"text": "I love this, it works perfectly", "label": "positive"},
+    {"text": "Absolutely wonderful service, thank you", "label": "positive"},
+    {"text": "Great app, very happy with it", "label": "positive"},
+    {"text": "This is terrible and broken", "label": "negative"},
+    {"text": "Awful experience, I want my money back", "label": "negative"},
+    {"text": "Worst support I have ever had", "label": "negative"},
+]
+FINISHED = {"succeeded", "failed", "cancelled"}
+
+
+@pytest.fixture
+def client(jobs_client):
+    return jobs_client
+
+
+def post(client, path: str, body: dict[str, Any], tenant: str = "acme"):
+    return client.post(path, json=body, headers={"X-Tenant-ID": tenant})
+
+
+def wait_for(
+    client,
+    job: str,
+    until: Callable[[dict[str, Any]], bool] = lambda s: s["status"] in FINISHED,
+    tenant: str = "acme",
+    timeout: float = 120.0,
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = post(client, "/v1/jobs/get", {"job": job}, tenant)
+        assert state.status_code == 200, state.text
+        if until(state.json()):
+            return state.json()
+        assert time.monotonic() < deadline, state.json()
+        time.sleep(0.1)
+
+
+def jobs_total(status: str) -> float:
+    """In this process's own registry: an in-process app's /metrics needs BentoML's
+    multiprocess directory, which only a real server sets up (tests/e2e check /metrics)."""
+    return REGISTRY.get_sample_value("graft_jobs_total", {"status": status}) or 0.0
+
+
+def banking_examples(count: int) -> list[dict[str, str]]:
+    return [{"text": r.text, "label": r.label} for r in banking77("train")[:count]]
+
+
+def test_a_job_registers_a_version_that_serves(client):
+    started = post(client, "/v1/jobs/train", {"head": "mood", "examples": SENTIMENT})
+    assert started.status_code == 200, started.text
+    assert started.json()["status"] in {"queued", "running"}
+    assert started.json()["n_examples"] == 6
+    done = wait_for(client, started.json()["job"])
+    assert done["status"] == "succeeded", done
+    assert (done["version"], done["progress"]) == (1, {"phase": "done", "fraction": 1.0})
+    assert done["error"] is None
+    result = done["result"]
+    assert (result["head"], result["version"], result["labels"]) == (
+        "mood",
+        1,
+        ["negative", "positive"],
+    )
+    assert result["report"]["train_accuracy"] == 1.0
+    assert result["backbone"]["name"] == "all-MiniLM-L6-v2"
+    predicted = post(client, "/v1/predict", {"head": "mood", "inputs": ["what a lovely day"]})
+    assert predicted.json()["version"] == 1
+    assert predicted.json()["predictions"][0]["label"] == "positive"
+
+    again = post(client, "/v1/jobs/cancel", {"job": done["job"]})
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "job_finished")
+
+
+def test_bad_examples_fail_the_job_with_the_error_code(client):
+    one_label = [{"text": "hello there", "label": "greeting"}, {"text": "hi", "label": "greeting"}]
+    started = post(client, "/v1/jobs/train", {"head": "lonely", "examples": one_label})
+    done = wait_for(client, started.json()["job"])
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "invalid_examples"
+    assert (done["version"], done["result"]) == (None, None)
+
+
+def test_limits_and_schema_refuse_at_once(client):
+    too_many = post(client, "/v1/jobs/train", {"head": "big", "examples": banking_examples(1001)})
+    assert (too_many.status_code, too_many.json()["error"]["limit"]) == (400, "GRAFT_MAX_EXAMPLES")
+    bad_id = post(client, "/v1/jobs/get", {"job": "../../etc"})
+    assert (bad_id.status_code, bad_id.json()["error"]["field"]) == (400, "job")
+
+
+def test_another_tenants_job_is_not_found(client):
+    started = post(client, "/v1/jobs/train", {"head": "private", "examples": SENTIMENT})
+    job = started.json()["job"]
+    for path in ("/v1/jobs/get", "/v1/jobs/cancel"):
+        response = post(client, path, {"job": job}, tenant="globex")
+        assert (response.status_code, response.json()["error"]["code"]) == (404, "job_not_found")
+    assert wait_for(client, job)["status"] == "succeeded"
+
+
+def test_cancel_stops_running_and_queued_jobs_and_registers_nothing(client):
+    cancelled_before = jobs_total("cancelled")
+    body = {"head": "slow", "examples": banking_examples(600)}
+    running = post(client, "/v1/jobs/train", body).json()["job"]
+    queued = post(client, "/v1/jobs/train", {**body, "head": "slower"}).json()["job"]
+    refused = post(client, "/v1/jobs/train", {**body, "head": "slowest"})
+    assert (refused.status_code, refused.json()["error"]["code"]) == (503, "unavailable")
+    assert "GRAFT_MAX_QUEUED_JOBS" in refused.json()["error"]["message"]
+
+    assert post(client, "/v1/jobs/get", {"job": queued}).json()["status"] == "queued"
+    assert post(client, "/v1/jobs/cancel", {"job": queued}).json()["status"] == "cancelled"
+    midway = wait_for(client, running, lambda s: s["progress"]["fraction"] > 0)
+    assert (midway["status"], midway["progress"]["phase"]) == ("running", "embedding")
+    stopped = post(client, "/v1/jobs/cancel", {"job": running})
+    assert stopped.json()["status"] == "cancelled"
+
+    deadline = time.monotonic() + 60  # both runner tasks end (the queued one never starts)
+    while jobs_total("cancelled") < cancelled_before + 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    final = post(client, "/v1/jobs/get", {"job": running}).json()
+    assert final["status"] == "cancelled"
+    assert final["progress"]["fraction"] < 1.0  # it stopped embedding, did not finish
+    for head in ("slow", "slower"):
+        missing = post(client, "/v1/heads/get", {"head": head})
+        assert missing.json()["error"]["code"] == "head_not_found"
+
+
+def test_payload_logging_puts_bodies_in_the_access_log_when_enabled(client):
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("graft.access").addHandler(handler)
+    try:
+        post(client, "/v1/predict", {"head": "mood", "inputs": ["a very particular sentence"]})
+    finally:
+        logging.getLogger("graft.access").removeHandler(handler)
+    (record,) = records
+    assert "a very particular sentence" in record.body  # type: ignore[attr-defined]
