@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.graft-installed
 
-.PHONY: serve test lint bench bench-quality clean
+.PHONY: serve test lint bench bench-images bench-quality clean image image-test
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -33,6 +33,22 @@ test: lint
 # About 5 minutes; prints a table and FIGURE lines and rewrites bench/RESULTS.md.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+# About 3 minutes: the image backbone alone, then graft serve on it; rewrites bench/RESULTS-images.md.
+bench-images: $(STAMP)
+	$(BIN)/python -m bench.images
+
+# About 15 minutes (SetFit fine-tunes on a CPU); rewrites bench/RESULTS-quality.md.
+bench-quality: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench,quality]'
+	$(BIN)/python -m bench.quality
+
+# The container (Dockerfile), built and run with buildah; see the README's "Container" section.
+image:
+	deploy/image/build.sh
+
+image-test: image $(STAMP)
+	PYTHONPATH=. $(BIN)/python deploy/image/image_test.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
