@@ -49,15 +49,16 @@ def evaluate_head(
 ) -> Evaluation:
     """Metrics of ``head``'s probabilities ``proba`` against the true labels ``truth``.
 
-    Labels the head does not know still count (they can only be predicted wrong), so the
-    label set is the union of the head's and the examples'. Accuracy, F1 and the confusion
-    matrix judge the top label; abstention, if a threshold applies, is reported beside them.
+    The label set is scikit-learn's: every label that is true or predicted in these examples.
+    Labels the head does not know still count (they can only be predicted wrong); head labels
+    that neither occur nor are predicted do not drag macro-F1 down. Accuracy, F1 and the
+    confusion matrix judge the top label; abstention, if a threshold applies, is reported too.
     """
     if head.multilabel:
         return _evaluate_multilabel(head, proba, truth)
     y_true = np.asarray([str(v) for v in truth], dtype=object)
     y_pred = np.asarray(head.classes_, dtype=object)[proba.argmax(axis=1)]
-    labels = sorted(set(head.classes_) | set(y_true.tolist()))
+    labels = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
     )
@@ -103,7 +104,7 @@ def _per_label(
 
 def _evaluate_multilabel(head: Head, proba: np.ndarray, truth: Sequence[Any]) -> Evaluation:
     sets = [[str(v) for v in row] for row in truth]
-    labels = sorted(set(head.classes_) | {v for row in sets for v in row})
+    labels = sorted(set(head.classes_) | {v for row in sets for v in row})  # every column
     binarizer = MultiLabelBinarizer(classes=labels).fit([labels])
     y_true = binarizer.transform(sets)
     columns = [labels.index(c) for c in head.classes_]

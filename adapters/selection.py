@@ -120,7 +120,8 @@ class AbstainCalibration:
     in_scope_rejected: float
 
     def to_dict(self) -> dict[str, float]:
-        return {k: round(v, 4) for k, v in self.__dict__.items()}
+        # The threshold to 6 places: a few-shot head's can be 0.99997, which 4 would show as 1.
+        return {k: round(v, 6 if k == "threshold" else 4) for k, v in self.__dict__.items()}
 
 
 def calibrate_abstention(
@@ -156,7 +157,8 @@ def _unseen_label_confidences(
         return np.zeros(0, dtype=np.float32)  # holding one out would leave a single label
     shuffled = np.random.default_rng(0).permutation(np.asarray(classes, dtype=object))
     found = []
-    for held in np.array_split(shuffled, min(HOLDOUT_ROUNDS, len(classes) - 2)):
+    # At most a third of the labels out per round, so at least two are left to train on.
+    for held in np.array_split(shuffled, min(HOLDOUT_ROUNDS, len(classes))):
         unseen = np.isin(y, held)
         head = make().fit(X[~unseen], y[~unseen])
         # The holdout heads are not calibrated on their own: the full head's temperature is.

@@ -23,7 +23,7 @@ from service import metrics
 from service.backbone_process import SharedBackbone
 from service.batcher import EmbeddingBatcher
 from service.cache import HeadCache
-from service.errors import BackboneMismatch, InvalidExamples
+from service.errors import AliasNotFound, BackboneMismatch, InvalidExamples, VersionNotFound
 from service.limits import Limits
 from service.progress import EMBED_CHUNK, TrainingProgress, TrainingStopped
 from service.registry import HeadInfo, NewVersion, Registry, VersionInfo, VersionRef
@@ -218,7 +218,11 @@ class HeadService:
         return info
 
     async def _training_set_of(self, tenant: str, head: str, version: int | str) -> TrainingSet:
-        ref = await self._read(self.registry.resolve, tenant, head, version)
+        try:
+            ref = await self._read(self.registry.resolve, tenant, head, version)
+        except (VersionNotFound, AliasNotFound) as exc:
+            exc.field = "base_version"  # the request's name for the version it could not find
+            raise
         self._check_backbone(ref)
         stored = await self._read(self.registry.load_training_data, ref.id)
         if stored is None:

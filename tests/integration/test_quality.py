@@ -199,6 +199,7 @@ def test_base_version_adds_a_label_without_resending_the_old_examples(app):
     )
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "version_not_found"
+    assert missing.json()["error"]["field"] == "base_version"
     assert registry_snapshot(home) == before
 
 

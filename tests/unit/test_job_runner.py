@@ -56,7 +56,8 @@ def training(steps: int, *, gate: asyncio.Event | None = None, seen: list[int] |
     return train
 
 
-async def until(condition, timeout: float = 5.0) -> None:
+async def until(condition, timeout: float = 60.0) -> None:
+    """Waits for ``condition``; the bound is generous because CI machines can be very busy."""
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.01)

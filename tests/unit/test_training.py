@@ -52,7 +52,7 @@ def test_auto_abstention_refuses_unseen_intents_and_answers_known_ones(features)
     )
     assert report.abstain is not None
     assert 0.0 < head.abstain_threshold_ < 1.0
-    assert report.abstain["threshold"] == round(head.abstain_threshold_, 4)
+    assert report.abstain["threshold"] == round(head.abstain_threshold_, 6)
     proba = head.predict_proba(features.test_X)
     top = proba.max(axis=1)
     unseen = np.isin(features.test_y, list(HELD_OUT))
@@ -108,7 +108,7 @@ def test_evaluation_matches_scikit_learn(features):
     proba = head.predict_proba(features.test_X)
     found = evaluate_head(head, proba, truth)
     predicted = np.asarray(head.classes_)[proba.argmax(axis=1)]
-    labels = sorted({*head.classes_, "an_intent_it_never_saw"})
+    labels = sorted({*truth, *predicted})
     assert found.labels == labels
     assert found.accuracy == pytest.approx(accuracy_score(truth, predicted))
     assert found.macro_f1 == pytest.approx(
@@ -148,3 +148,33 @@ def test_multilabel_head_learns_two_labels_per_sentence(features):
 def test_single_label_kinds_refuse_label_lists(features):
     with pytest.raises(TrainingDataError, match="only multilabel heads"):
         fit_head("linear", features.train_X[:2], [["a"], ["b"]], ["x", "y"])
+
+
+def test_auto_abstention_works_with_three_labels(features):
+    three = [i for i, label in enumerate(features.train_y) if label in sorted(HELD_OUT)[:1]]
+    three += [
+        i for i, label in enumerate(features.train_y) if label in {"card_arrival", "top_up_failed"}
+    ]
+    head, report = fit_head(
+        "linear",
+        features.train_X[three],
+        [features.train_y[i] for i in three],
+        [features.train_text[i] for i in three],
+        abstain="auto",
+    )
+    assert len(head.classes_) == 3
+    # Three well-separated intents: right answers are near-certain, and so is the threshold.
+    assert report.abstain is not None and 0.5 < head.abstain_threshold_ < 1.0
+    assert report.abstain["in_scope_rejected"] <= 0.05
+
+
+def test_labels_missing_from_the_examples_do_not_count_in_macro_f1(features):
+    head, _report = fit(features)
+    keep = [i for i, label in enumerate(features.test_y) if label in {"card_arrival", "change_pin"}]
+    truth = [features.test_y[i] for i in keep]
+    found = evaluate_head(head, head.predict_proba(features.test_X[keep]), truth)
+    predicted = np.asarray(head.classes_)[head.predict_proba(features.test_X[keep]).argmax(axis=1)]
+    # Two intents asked, one wrong answer naming a third: three labels, not the head's eight.
+    assert found.labels == sorted({*truth, *predicted}) != head.classes_
+    assert len(found.per_label) == len(found.labels)
+    assert found.macro_f1 == pytest.approx(f1_score(truth, predicted, average="macro"))
