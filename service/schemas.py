@@ -145,6 +145,12 @@ def _input_item(value: object, info: ValidationInfo) -> str | ImageInput:
     if isinstance(value, str):
         _check_modality("text", info)
         return _usable_text(value)
+    if isinstance(value, dict) and "image" not in value:
+        # Most often an example's shape ({"text": ...}) sent as an input: say what an input is.
+        raise ValueError(
+            'an input is a plain text string, or an image as {"image": "<base64>"}, not an '
+            f"object with {', '.join(map(repr, sorted(value)[:3])) or 'no fields'}"
+        )
     if isinstance(value, dict | ImageInput):
         # Errors inside (a missing or non-string "image") name inputs.N.image.
         image = ImageInput.model_validate(value)

@@ -229,3 +229,13 @@ def test_an_image_sent_to_the_text_backbone_is_refused(app, route, body, field):
     assert error["field"] == field
     assert "GRAFT_BACKBONE_KIND=text" in error["message"]
     assert registry_snapshot(home) == before
+
+
+def test_an_example_shaped_input_is_told_what_an_input_is(app):
+    client, home = app
+    before = registry_snapshot(home)
+    response = client.post("/v1/predict", json={"head": "target", "inputs": [{"text": "card?"}]})
+    error = assert_clean_refusal(response, 400, "invalid_request")
+    assert error["field"] == "inputs.0"
+    assert "plain text string" in error["message"] and "'text'" in error["message"]
+    assert registry_snapshot(home) == before

@@ -184,7 +184,7 @@ def test_an_input_of_the_other_modality_is_invalid_input(model, body, modality, 
         ({"head": "h", "inputs": [{"image": 5}]}, "inputs.0.image"),
         ({"head": "h", "inputs": [{"image": ""}]}, "inputs.0.image"),
         ({"head": "h", "inputs": [{"image": "x", "url": "http://x"}]}, "inputs.0.url"),
-        ({"head": "h", "inputs": [{"url": "http://example.com/cat.jpg"}]}, "inputs.0.image"),
+        ({"head": "h", "inputs": [{"url": "http://example.com/cat.jpg"}]}, "inputs.0"),
         ({"head": "h", "inputs": [["nested"]]}, "inputs.0"),
     ],
 )
