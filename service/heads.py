@@ -55,6 +55,9 @@ def rank(
     classes = head.classes_
     if threshold is None:
         threshold = head.abstain_threshold_
+    cut = None
+    if head.multilabel:
+        cut = head.params["threshold"] if threshold is None else threshold
     k = min(top_k, len(classes))
     order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
     results = []
@@ -62,8 +65,7 @@ def rank(
         top = [(classes[i], float(row[i])) for i in ranked]
         label: str | None = top[0][0]
         labels = None
-        if head.multilabel:
-            cut = head.params["threshold"] if threshold is None else threshold
+        if cut is not None:
             labels = [classes[i] for i in np.argsort(-row, kind="stable") if row[i] >= cut]
             abstained = not labels
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,23 @@ def walkthrough_steps(title: str = "Walkthrough") -> list[Step]:
         if lang == "bash" and out_lang in ("json", "text") and out_start - end < 80:
             steps.append(Step(body.strip(), out_lang, out_body.strip()))
     return steps
+
+
+def run_walkthrough(title: str, port: int, cwd: Path, timeout: float = 120) -> int:
+    """Run each step of section ``title`` as written against ``port``; check what it prints."""
+    steps = walkthrough_steps(title)
+    for step in steps:
+        command = step.command.replace("localhost:3000", f"127.0.0.1:{port}")
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", command],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert done.returncode == 0, done.stderr
+        assert_same_output(step, done.stdout)
+    return len(steps)
 
 
 def settings_block() -> str:
