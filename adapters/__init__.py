@@ -1,6 +1,7 @@
 """The learning side of Graft: head kinds that turn frozen features into label probabilities.
 
-Nothing here knows about HTTP, storage, tenants or BentoML: heads take arrays and give arrays,
+Nothing here knows about HTTP, storage, tenants or BentoML: heads take arrays (pooled features,
+or for tuned heads the token states below the backbone's top layer) and give arrays,
 and save themselves as a :class:`~adapters.base.HeadState` (JSON config + float tensors).
 """
 
@@ -11,6 +12,7 @@ from adapters.linear import LinearHead
 from adapters.mlp import MLPHead
 from adapters.multilabel import MultilabelHead
 from adapters.prototype import PrototypeHead
+from adapters.tuned import TokenStates, TopLayer, TunedHead
 
 #: Every head kind by the name a caller uses for it.
 HEAD_KINDS: dict[str, type[Head]] = {
@@ -18,6 +20,7 @@ HEAD_KINDS: dict[str, type[Head]] = {
     PrototypeHead.kind: PrototypeHead,
     MLPHead.kind: MLPHead,
     MultilabelHead.kind: MultilabelHead,
+    TunedHead.kind: TunedHead,
 }
 
 
@@ -50,7 +53,10 @@ __all__ = [
     "MultilabelHead",
     "NotFittedError",
     "PrototypeHead",
+    "TokenStates",
+    "TopLayer",
     "TrainingDataError",
+    "TunedHead",
     "head_from_state",
     "new_head",
 ]

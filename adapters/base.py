@@ -107,6 +107,8 @@ class Head(ABC):
     min_labels: ClassVar[int] = 2
     #: Multilabel heads score each label on its own; the others rank labels against each other.
     multilabel: ClassVar[bool] = False
+    #: Tuned heads read :class:`~adapters.tuned.TokenStates` instead of pooled features.
+    takes_token_states: ClassVar[bool] = False
 
     classes_: list[str]
     n_features_in_: int
@@ -114,10 +116,11 @@ class Head(ABC):
     abstain_threshold_: float | None = None
 
     @abstractmethod
-    def fit(self, X: np.ndarray, y: Any) -> Self: ...
+    def fit(self, X: Any, y: Any) -> Self:
+        """``X``: pooled features (n x dim), or token states for a tuned head."""
 
     @abstractmethod
-    def _proba(self, X: np.ndarray) -> np.ndarray: ...
+    def _proba(self, X: Any) -> np.ndarray: ...
 
     @abstractmethod
     def _state(self) -> HeadState: ...
@@ -131,7 +134,7 @@ class Head(ABC):
         """The hyperparameters, as stored and reported."""
         return dict(self._state().config["params"])
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+    def predict_proba(self, X: Any) -> np.ndarray:
         return tempered(self._proba(self._check_predict_input(X)), self.temperature_)
 
     def to_state(self) -> HeadState:

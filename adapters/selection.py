@@ -20,6 +20,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold
 
 from adapters.base import Head, tempered
+from adapters.tuned import TokenStates
 
 #: At most this many folds: more would cost time for little better an estimate.
 MAX_FOLDS = 3
@@ -31,6 +32,8 @@ ABSTAIN_IN_SCOPE_LOSS = 0.02
 HOLDOUT_ROUNDS = 3
 
 HeadFactory = Callable[[], Head]
+#: What heads learn from: pooled features, or token states for tuned heads.
+Features = np.ndarray | TokenStates
 
 
 @dataclass
@@ -69,7 +72,7 @@ def cross_validate(
     kind: str,
     params: dict[str, Any],
     make: HeadFactory,
-    X: np.ndarray,
+    X: Features,
     y: np.ndarray,
     folds: int,
 ) -> CVResult:
@@ -77,7 +80,7 @@ def cross_validate(
     classes = sorted(set(y.tolist()))
     proba = np.zeros((len(y), len(classes)), dtype=np.float32)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
-    for train, test in splitter.split(X, y):
+    for train, test in splitter.split(np.zeros(len(y)), y):
         head = make().fit(X[train], y[train])
         columns = [classes.index(c) for c in head.classes_]
         proba[np.ix_(test, columns)] = head.predict_proba(X[test])
@@ -125,7 +128,7 @@ class AbstainCalibration:
 
 
 def calibrate_abstention(
-    result: CVResult, make: HeadFactory, X: np.ndarray, y: np.ndarray, temperature: float
+    result: CVResult, make: HeadFactory, X: Features, y: np.ndarray, temperature: float
 ) -> AbstainCalibration:
     """Pick the threshold on the calibrated top probability for ``"abstain": "auto"``.
 
@@ -150,7 +153,7 @@ def calibrate_abstention(
 
 
 def _unseen_label_confidences(
-    make: HeadFactory, X: np.ndarray, y: np.ndarray, temperature: float
+    make: HeadFactory, X: Features, y: np.ndarray, temperature: float
 ) -> np.ndarray:
     classes = sorted(set(y.tolist()))
     if len(classes) < 3:

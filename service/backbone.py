@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from adapters.tuned import TopLayer, bf16_is_native
 from service.errors import InvalidInput
 from service.settings import DEFAULT_TEXT_BACKBONE
 
@@ -43,6 +45,12 @@ class Model(Protocol):
         """One forward pass: L2-normalised float32 features, one row per item."""
         ...
 
+    def forward_with_states(
+        self, items: Sequence[Any], rows: Sequence[int]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """:meth:`forward`, plus the token states below the top layer of the items at ``rows``."""
+        ...
+
     def warm_up(self) -> None: ...
 
 
@@ -60,6 +68,10 @@ class Inputs(Protocol):
         """How much of a batch's budget an item takes (tokens for a text)."""
         ...
 
+    def top_layer(self) -> TopLayer | None:
+        """The backbone's top transformer layer, for tuned heads; None where there is none."""
+        ...
+
 
 def resolve_torch_dtype(choice: str) -> torch.dtype:
     """bfloat16 where the CPU computes it natively: 2-3x faster, features within 1e-4 cosine."""
@@ -67,11 +79,7 @@ def resolve_torch_dtype(choice: str) -> torch.dtype:
         return torch.float32
     if choice == "bfloat16":
         return torch.bfloat16
-    try:
-        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    except AttributeError:  # private helpers moved: be conservative
-        native = False
-    return torch.bfloat16 if native else torch.float32
+    return torch.bfloat16 if bf16_is_native() else torch.float32
 
 
 def weights_fingerprint(model: torch.nn.Module, extra: dict[str, Any]) -> str:
@@ -114,6 +122,46 @@ def _pooling_mode(model_dir: Path) -> str:
     return "mean"
 
 
+#: Model types whose layers are BERT layers (post-norm attention, GELU feed-forward, absolute
+#: positions added below the first layer): what a tuned head's copy of the top layer computes.
+BERT_LAYER_MODELS = frozenset({"bert", "roberta", "xlm-roberta"})
+
+
+def text_top_layer(model_dir: Path) -> TopLayer | None:
+    """The backbone's top layer, read from its weights file; None where it is not a BERT layer.
+
+    The server process reads only these few megabytes: a tuned head starts from them, and the
+    rest of the weights stay in the backbone process."""
+    config = json.loads((model_dir / "config.json").read_text())
+    weights_file = model_dir / "model.safetensors"
+    if (
+        config.get("model_type") not in BERT_LAYER_MODELS
+        or config.get("hidden_act") != "gelu"
+        or not weights_file.is_file()
+    ):
+        return None
+    from safetensors import safe_open
+
+    top = re.compile(rf"(?:^|\.)encoder\.layer\.{int(config['num_hidden_layers']) - 1}\.(.+)$")
+    tensors = {}
+    with safe_open(weights_file, framework="np") as weights:
+        for key in weights.keys():  # noqa: SIM118 (a safetensors handle is not a dict)
+            found = top.search(key)
+            if found:
+                tensors[found.group(1)] = weights.get_tensor(key)
+    shape = {
+        "d_model": int(config["hidden_size"]),
+        "nhead": int(config["num_attention_heads"]),
+        "dim_feedforward": int(config["intermediate_size"]),
+        "layer_norm_eps": float(config.get("layer_norm_eps", 1e-12)),
+        "pooling": _pooling_mode(model_dir),
+    }
+    try:
+        return TopLayer.from_bert(tensors, shape)
+    except KeyError:
+        return None  # named unlike a BERT layer: not one we can copy
+
+
 class TextInputs:
     """Tokenisation with the backbone's own tokenizer, truncated to its maximum length."""
 
@@ -130,6 +178,7 @@ class TextInputs:
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(limit)
         self.max_tokens = limit
+        self.model_dir = model_dir
 
     #: Tokenising a call's texts takes microseconds: the event loop can do it.
     prepare_off_loop = False
@@ -145,6 +194,9 @@ class TextInputs:
 
     def cost(self, item: list[int]) -> int:
         return len(item)
+
+    def top_layer(self) -> TopLayer | None:
+        return text_top_layer(self.model_dir)
 
 
 class TextModel:
@@ -174,6 +226,16 @@ class TextModel:
         )
 
     def forward(self, items: Sequence[list[int]]) -> np.ndarray:
+        return self.forward_with_states(items, ())[0]
+
+    def forward_with_states(
+        self, items: Sequence[list[int]], rows: Sequence[int]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Features of every item and, for the items at ``rows``, the token states that enter
+        the top layer (float32, one ``tokens x dim`` array each): what tuned heads read.
+
+        Not float16, though half the bytes: rounding to it would turn the 1e-7 differences that
+        batch padding makes into 1e-3 ones, and a text's scores would depend on its batch."""
         longest = max(len(ids) for ids in items)
         ids = np.full((len(items), longest), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(items), longest), dtype=np.int64)
@@ -182,15 +244,23 @@ class TextModel:
             mask[row, : len(item)] = 1
         attention = torch.from_numpy(mask)
         with torch.inference_mode():
-            hidden = self.model(input_ids=torch.from_numpy(ids), attention_mask=attention)[0]
-            hidden = hidden.to(torch.float32)
+            out = self.model(
+                input_ids=torch.from_numpy(ids),
+                attention_mask=attention,
+                output_hidden_states=bool(rows),
+            )
+            hidden = out[0].to(torch.float32)
             if self.pooling == "cls":
                 pooled = hidden[:, 0]
             else:
                 weights = attention.unsqueeze(-1).to(torch.float32)
                 pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
             features = torch.nn.functional.normalize(pooled, dim=-1)
-        return features.numpy()
+            states = []
+            if rows:
+                below_top = out.hidden_states[-2].to(torch.float32)
+                states = [below_top[r, : len(items[r])].numpy() for r in rows]
+        return features.numpy(), states
 
     def warm_up(self) -> None:
         """Run a few shapes once so the first callers do not pay for kernel set-up."""

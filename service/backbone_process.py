@@ -12,6 +12,7 @@ else crosses.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import multiprocessing
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from adapters.tuned import TopLayer
 from service.backbone import BackboneInfo, Inputs, Model
 from service.errors import Unavailable
 from service.settings import Settings
@@ -63,11 +65,14 @@ def _serve(connection: Connection, spec: ModelSpec) -> None:
     connection.send(model.info)
     while True:
         try:
-            items = connection.recv()
+            items, state_rows = connection.recv()
         except (EOFError, OSError):
             return  # the server process is gone: so are we
         try:
-            connection.send(("ok", model.forward(items)))
+            if state_rows:
+                connection.send(("ok", model.forward_with_states(items, state_rows)))
+            else:
+                connection.send(("ok", (model.forward(items), [])))
         except Exception as exc:  # reported to the callers of this batch, not fatal here
             connection.send(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -118,8 +123,11 @@ class BackboneProcess:
         )
         return self.info
 
-    async def forward(self, items: Sequence[Any]) -> np.ndarray:
-        """One batch through the child; one batch at a time, in call order."""
+    async def forward(
+        self, items: Sequence[Any], state_rows: Sequence[int] = ()
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One batch through the child, one batch at a time, in call order: the features, and
+        the token states below the top layer of the items at ``state_rows``."""
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
@@ -129,7 +137,7 @@ class BackboneProcess:
                 for _ in range(self._unread):  # answers nobody waits for any more
                     await self._receive()
                 self._unread = 0
-                self._connection.send(list(items))
+                self._connection.send((list(items), list(state_rows)))
                 try:
                     status, payload = await self._receive()
                 except asyncio.CancelledError:
@@ -140,7 +148,8 @@ class BackboneProcess:
                 raise Unavailable("the backbone process stopped; it is restarting, retry") from exc
         if status != "ok":
             raise RuntimeError(f"backbone forward pass failed: {payload}")
-        return np.asarray(payload)
+        features, states = payload
+        return np.asarray(features), states
 
     async def _receive(self) -> Any:
         loop = asyncio.get_running_loop()
@@ -202,11 +211,18 @@ class SharedBackbone:
     def prepare(self, inputs: Sequence[Any], field: str = "inputs") -> list[Any]:
         return self.inputs.prepare(inputs, field)
 
+    @functools.cached_property
+    def top_layer(self) -> TopLayer | None:
+        """Read on first use (a few megabytes): only tuned heads need it."""
+        return self.inputs.top_layer()
+
     def cost(self, item: Any) -> int:
         return self.inputs.cost(item)
 
-    async def forward(self, items: Sequence[Any]) -> np.ndarray:
-        return await self.process.forward(items)
+    async def forward(
+        self, items: Sequence[Any], state_rows: Sequence[int] = ()
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        return await self.process.forward(items, state_rows)
 
     def close(self) -> None:
         self.process.close()

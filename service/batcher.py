@@ -32,9 +32,11 @@ T = TypeVar("T")
 class _Call:
     """One caller's items and the future its rows go to."""
 
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[None]
     rows: np.ndarray
     remaining: int
+    #: Token states below the backbone's top layer, one per item, when the caller asked.
+    states: list[np.ndarray] | None = None
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -58,18 +60,32 @@ class EmbeddingBatcher:
 
     async def embed(self, items: Sequence[Any], *, bulk: bool = False) -> np.ndarray:
         """Features for already prepared ``items``, in order; waits for the shared passes."""
+        return (await self._submit(items, bulk, states=False)).rows
+
+    async def embed_states(self, items: Sequence[Any], *, bulk: bool = False) -> list[np.ndarray]:
+        """Per item, the token states that enter the backbone's top layer (for tuned heads).
+
+        They ride in the same shared passes as everyone's features: the lower layers still
+        run once per batch for all tenants."""
+        call = await self._submit(items, bulk, states=True)
+        assert call.states is not None
+        return call.states
+
+    async def _submit(self, items: Sequence[Any], bulk: bool, *, states: bool) -> _Call:
         loop = asyncio.get_running_loop()
         call = _Call(
             future=loop.create_future(),
             rows=np.empty((len(items), self.backbone.dim), dtype=np.float32),
             remaining=len(items),
+            states=[np.empty(0)] * len(items) if states else None,
         )
         if not items:
-            return call.rows
+            return call
         slots = [_Slot(call, i, item, self.backbone.cost(item)) for i, item in enumerate(items)]
         (self._bulk if bulk else self._interactive).extend(slots)
         self._ensure_worker(loop).set()
-        return await call.future
+        await call.future
+        return call
 
     def close(self) -> None:
         if self._worker is not None:
@@ -110,13 +126,18 @@ class EmbeddingBatcher:
             metrics.BATCH_QUEUE_WAIT.observe(now - slot.call.queued_at)
         metrics.BATCH_SIZE.observe(len(live))
         metrics.BATCH_TOKENS.observe(len(live) * max(s.cost for s in live))
+        state_rows = [i for i, slot in enumerate(live) if slot.call.states is not None]
         try:
-            rows = await self.backbone.forward([s.item for s in live])
+            rows, states = await self.backbone.forward([s.item for s in live], state_rows)
         except Exception as exc:  # a failed pass fails only the calls that were in it
             for slot in live:
                 if not slot.call.future.done():
                     slot.call.future.set_exception(exc)
             return
+        for i, state in zip(state_rows, states, strict=True):
+            wanted = live[i].call.states
+            assert wanted is not None
+            wanted[live[i].index] = state
         for slot, row in zip(live, rows, strict=True):
             call = slot.call
             if call.future.done():
@@ -124,7 +145,7 @@ class EmbeddingBatcher:
             call.rows[slot.index] = row
             call.remaining -= 1
             if call.remaining == 0:
-                call.future.set_result(call.rows)
+                call.future.set_result(None)
 
 
 def _by_cost(slot: _Slot) -> int:

@@ -9,6 +9,7 @@ Every error a caller can cause answers ``{"error": {"code", "message", "field"?,
     │   ├── InvalidInput           400  invalid_input       (a text for an image backbone, ...)
     │   │   └── InvalidImage       400  invalid_image       (undecodable, animated, too small)
     │   ├── UnknownKind            400  unknown_kind
+    │   ├── KindNotSupported       400  kind_not_supported  (tuned on an image backbone)
     │   └── LimitExceeded          400  limit_exceeded      (+ limit, value)
     ├── Unauthenticated            401  unauthenticated
     ├── Forbidden                  403  forbidden
@@ -78,6 +79,12 @@ class InvalidImage(InvalidInput):
 
 class UnknownKind(BadRequest):
     code = "unknown_kind"
+
+
+class KindNotSupported(BadRequest):
+    """A known head kind that this server's backbone cannot serve (tuned on an image backbone)."""
+
+    code = "kind_not_supported"
 
 
 class LimitExceeded(BadRequest):

@@ -16,14 +16,28 @@ from typing import Any, TypeVar
 import anyio
 import numpy as np
 
-from adapters import Head, HeadState, TrainingDataError, head_from_state
+from adapters import (
+    HEAD_KINDS,
+    Head,
+    HeadState,
+    TokenStates,
+    TopLayer,
+    TrainingDataError,
+    head_from_state,
+)
 from adapters.evaluation import Evaluation, evaluate_head
 from adapters.training import Abstain, TrainingReport, fit_head
 from service import metrics
 from service.backbone_process import SharedBackbone
 from service.batcher import EmbeddingBatcher
 from service.cache import HeadCache
-from service.errors import AliasNotFound, BackboneMismatch, InvalidExamples, VersionNotFound
+from service.errors import (
+    AliasNotFound,
+    BackboneMismatch,
+    InvalidExamples,
+    KindNotSupported,
+    VersionNotFound,
+)
 from service.limits import Limits
 from service.progress import EMBED_CHUNK, TrainingProgress, TrainingStopped
 from service.registry import HeadInfo, NewVersion, Registry, VersionInfo, VersionRef
@@ -110,6 +124,36 @@ class HeadService:
             items = self.backbone.prepare(inputs, field)
         return await self.batcher.embed(items, bulk=bulk)
 
+    async def token_states(
+        self, inputs: Sequence[InputItem], *, bulk: bool = False, field: str = "inputs"
+    ) -> TokenStates:
+        """What tuned heads read: the token states below the backbone's top layer."""
+        top = self._top_layer()
+        if bulk:
+            items = await anyio.to_thread.run_sync(self.backbone.prepare, inputs, field)
+        else:
+            items = self.backbone.prepare(inputs, field)
+        rows = await self.batcher.embed_states(items, bulk=bulk)
+        return TokenStates.from_rows(rows, top)
+
+    async def head_inputs(
+        self, head: Head, inputs: Sequence[InputItem], *, bulk: bool = False, field: str = "inputs"
+    ) -> np.ndarray | TokenStates:
+        """What ``head`` predicts from: pooled features, or token states for a tuned head."""
+        if head.takes_token_states:
+            return await self.token_states(inputs, bulk=bulk, field=field)
+        return await self.embed(inputs, bulk=bulk, field=field)
+
+    def _top_layer(self) -> TopLayer:
+        top = self.backbone.top_layer
+        if top is None:
+            raise KindNotSupported(
+                f"this server's backbone ({self.backbone.name}) has no transformer layer to tune; "
+                "train a linear, mlp, prototype or auto head instead",
+                field="kind",
+            )
+        return top
+
     async def embed_inputs(self, inputs: Sequence[InputItem]) -> np.ndarray:
         """The /v1/embed path: limits first, then the shared backbone."""
         self.limits.check_inputs(inputs)
@@ -133,14 +177,22 @@ class HeadService:
             self.limits.check_training_set(
                 len(base) + len(texts), base.labels + list(labels), "examples"
             )
-        if progress is None:
+        tuned = kind in HEAD_KINDS and HEAD_KINDS[kind].takes_token_states
+        if tuned:
+            self._top_layer()  # refused before any embedding on a backbone without one
+        features: np.ndarray | TokenStates
+        if progress is None and tuned:
+            features = await self.token_states(texts, bulk=True, field="examples")
+        elif progress is None:
             features = await self.embed(texts, bulk=True, field="examples")
         else:
-            features = await self._embed_reporting(texts, progress)
+            features = await self._embed_reporting(texts, progress, tuned=tuned)
             await progress.phase("fitting")
         data = training_set(features, labels, texts)
         if base is not None:
             data = base.extended(data)
+        if isinstance(data.features, TokenStates):
+            data = data.with_top(self._top_layer())
         try:
             head, report = await anyio.to_thread.run_sync(
                 partial(
@@ -158,15 +210,21 @@ class HeadService:
         return head, report, data
 
     async def _embed_reporting(
-        self, texts: Sequence[InputItem], progress: TrainingProgress
-    ) -> np.ndarray:
+        self, texts: Sequence[InputItem], progress: TrainingProgress, *, tuned: bool
+    ) -> np.ndarray | TokenStates:
         """Embed chunk by chunk, reporting after each one (where a cancelled job stops)."""
         items = await anyio.to_thread.run_sync(self.backbone.prepare, texts, "examples")
         features = np.empty((len(items), self.backbone.dim), dtype=np.float32)
+        states: list[np.ndarray] = []
         for start in range(0, len(items), EMBED_CHUNK):
             chunk = items[start : start + EMBED_CHUNK]
-            features[start : start + len(chunk)] = await self.batcher.embed(chunk, bulk=True)
+            if tuned:
+                states.extend(await self.batcher.embed_states(chunk, bulk=True))
+            else:
+                features[start : start + len(chunk)] = await self.batcher.embed(chunk, bulk=True)
             await progress.embedded(start + len(chunk), len(items))
+        if tuned:
+            return TokenStates.from_rows(states)
         return features
 
     async def train(
@@ -259,8 +317,9 @@ class HeadService:
             self.limits.check_inputs(inputs)
             ref = await self._read(self.registry.resolve, tenant, head, version)
             fitted = await self._head_for(ref)
-            features = await self.embed(inputs)
-            predictions = rank(fitted, fitted.predict_proba(features), top_k, abstain_threshold)
+            features = await self.head_inputs(fitted, inputs)
+            proba = await self._proba(fitted, features)
+            predictions = rank(fitted, proba, top_k, abstain_threshold)
         except Exception as exc:
             metrics.PREDICTIONS.labels(_outcome(exc)).inc()
             raise
@@ -278,8 +337,8 @@ class HeadService:
     ) -> tuple[Head, list[RankedPrediction]]:
         self.limits.check_inputs(inputs)
         fitted, _report, _data = await self.fit(texts, labels, kind)
-        features = await self.embed(inputs)
-        return fitted, rank(fitted, fitted.predict_proba(features), top_k)
+        features = await self.head_inputs(fitted, inputs)
+        return fitted, rank(fitted, await self._proba(fitted, features), top_k)
 
     async def evaluate(
         self,
@@ -294,12 +353,19 @@ class HeadService:
         self.limits.check_examples(inputs, labels)
         ref = await self._read(self.registry.resolve, tenant, head, version)
         fitted = await self._head_for(ref)
-        features = await self.embed(inputs, bulk=True, field="examples")
-        proba = fitted.predict_proba(features)
+        features = await self.head_inputs(fitted, inputs, bulk=True, field="examples")
+        proba = await anyio.to_thread.run_sync(fitted.predict_proba, features)
         found = await anyio.to_thread.run_sync(
             partial(evaluate_head, fitted, proba, list(labels), abstain_threshold)
         )
         return ref, found
+
+    async def _proba(self, head: Head, features: np.ndarray | TokenStates) -> np.ndarray:
+        """A frozen-feature head's matrix product runs here; a tuned head's transformer layer
+        (milliseconds per input) runs off the event loop so that batching goes on meanwhile."""
+        if head.takes_token_states:
+            return await anyio.to_thread.run_sync(head.predict_proba, features)
+        return head.predict_proba(features)
 
     # -- the registry, off the event loop --------------------------------------------------
 

@@ -109,6 +109,9 @@ class ImageInputs:
     def cost(self, item: np.ndarray) -> int:
         return IMAGE_COST
 
+    def top_layer(self) -> None:
+        return None  # a convolutional network: no transformer layer for a tuned head to copy
+
 
 class ImageModel:
     """Frozen EfficientNet-Lite0 up to its last convolution, mean-pooled and L2-normalised."""
@@ -157,6 +160,12 @@ class ImageModel:
             pooled = self.model.extract_features(x).to(torch.float32).mean(dim=(2, 3))
             features = torch.nn.functional.normalize(pooled, dim=-1)
         return features.numpy()
+
+    def forward_with_states(
+        self, items: Sequence[np.ndarray], rows: Sequence[int]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        # The server refuses tuned heads on an image backbone before any pass gets here.
+        raise NotImplementedError("an image backbone has no token states to tune a layer on")
 
     def warm_up(self) -> None:
         """Run the batch shapes the batcher forms most, so first callers skip kernel set-up."""

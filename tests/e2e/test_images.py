@@ -117,6 +117,22 @@ def test_text_where_an_image_belongs_is_refused(server, target, path, body, fiel
     assert registry_snapshot(server.home) == before
 
 
+def test_a_tuned_head_is_refused_on_the_image_backbone(server, target):
+    photos = pets("train")[:4]
+    examples = [{"image": p.base64(), "label": p.species} for p in photos]
+    before = registry_snapshot(server.home)
+    response = server.post(
+        "/v1/heads/train",
+        {"head": "tuned-pets", "examples": examples, "kind": "tuned"},
+        headers={"X-Tenant-ID": "hostile"},
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("kind_not_supported", "kind")
+    assert "no transformer layer to tune" in error["message"]
+    assert registry_snapshot(server.home) == before
+
+
 def test_examples_are_the_committed_photos():
     assert len(pets("train")) == 185 and len(pets("test")) == 111
     assert all(Path(p.path).is_relative_to(ROOT / "examples" / "pets") for p in pets("test"))

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from service.backbone import TextInputs, TextModel, text_model_dir
+from adapters.tuned import TokenStates, pretrained_features
+from service.backbone import TextInputs, TextModel, text_model_dir, text_top_layer
 from service.settings import DEFAULT_TEXT_BACKBONE
 from tests.integration.conftest import graft_client, registry_snapshot
 
@@ -115,3 +116,16 @@ def test_head_from_another_backbone_is_refused_with_409(tmp_path):
     assert error["code"] == "backbone_mismatch"
     assert foreign in error["message"]
     assert registry_snapshot(home) == before
+
+
+def test_token_states_through_a_copy_of_the_top_layer_give_the_backbone_features(fp32, tokens):
+    """A tuned head's starting point computes exactly what the frozen top layer computes."""
+    texts = ["a", "where is my new card?", "I was charged twice for one transfer last week"]
+    items = tokens.prepare(texts)
+    features, states = fp32.forward_with_states(items, [0, 1, 2])
+    assert [len(s) for s in states] == [len(i) for i in items]
+    assert states[0].dtype == np.float32
+    top = text_top_layer(MODEL_DIR)
+    assert top is not None and top.config["d_model"] == 384
+    copied = pretrained_features(TokenStates.from_rows(states, top), precision="float32")
+    np.testing.assert_allclose(copied, features, atol=1e-5)

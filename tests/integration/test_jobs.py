@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from bench.datasets import banking77
+from bench.datasets import banking77, few_shot
 
 SENTIMENT = [
     {"text": "I love this, it works perfectly", "label": "positive"},
@@ -82,6 +82,26 @@ def test_a_job_registers_a_version_that_serves(client):
 
     again = post(client, "/v1/jobs/cancel", {"job": done["job"]})
     assert (again.status_code, again.json()["error"]["code"]) == (409, "job_finished")
+
+
+def test_a_tuned_head_trains_as_a_job_and_serves(client):
+    """The job path embeds chunk by chunk; a tuned head's chunks are token states."""
+    intents = {"card_arrival", "exchange_rate", "change_pin", "top_up_failed", "age_limit"}
+    drawn = few_shot([r for r in banking77("train") if r.label in intents], per_label=30, seed=0)
+    examples = [{"text": r.text, "label": r.label} for r in drawn]  # 150: three embed chunks
+    started = post(
+        client, "/v1/jobs/train", {"head": "tuned-job", "examples": examples, "kind": "tuned"}
+    )
+    assert started.status_code == 200, started.text
+    done = wait_for(client, started.json()["job"])
+    assert done["status"] == "succeeded", done
+    assert done["result"]["kind"] == "tuned"
+    picked = examples[::6]  # 25, every intent
+    texts = [e["text"] for e in picked]
+    predicted = post(client, "/v1/predict", {"head": "tuned-job", "inputs": texts, "top_k": 1})
+    labels = [p["label"] for p in predicted.json()["predictions"]]
+    # Its own training sentences, back from a head that learnt them: all but a few right.
+    assert sum(label == e["label"] for label, e in zip(labels, picked, strict=True)) >= 23
 
 
 def test_bad_examples_fail_the_job_with_the_error_code(client):

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
+import safetensors.numpy
 from sklearn.metrics import accuracy_score, f1_score
 
 from bench.datasets import Labelled, banking77, few_shot
+from service.backbone import text_model_dir, text_top_layer
+from service.settings import DEFAULT_TEXT_BACKBONE
 from tests.integration.conftest import graft_client, registry_snapshot
 
 INTENTS = (
@@ -65,11 +71,12 @@ def accuracy(predictions: list[dict], data: list[Labelled]) -> float:
     )
 
 
-@pytest.mark.parametrize("kind", ["linear", "prototype", "mlp", "auto"])
+@pytest.mark.parametrize("kind", ["linear", "prototype", "mlp", "tuned", "auto"])
 def test_each_kind_learns_real_intents(app, kind):
     client, _home = app
     trained = train(client, f"intents-{kind}", kind)
-    assert trained["kind"] in {"linear", "prototype", "mlp"}
+    assert trained["kind"] in {"linear", "prototype", "mlp", "tuned"}
+    assert trained["kind"] == kind or kind == "auto"
     assert trained["report"]["cv_folds"] == 3
     # 6 intents from 8 sentences each; measured 0.93 to 0.97 on these 30 unseen sentences.
     assert accuracy(predict(client, f"intents-{kind}", TEST), TEST) >= 0.85
@@ -79,7 +86,7 @@ def test_heads_of_every_kind_serve_side_by_side_across_tenants(app):
     client, _home = app
     heads = []
     for tenant in ("north", "south"):
-        for kind in ("linear", "prototype", "mlp"):
+        for kind in ("linear", "prototype", "mlp", "tuned"):
             response = client.post(
                 "/v1/heads/train",
                 json={"head": f"h-{kind}", "examples": examples(TRAIN), "kind": kind},
@@ -105,6 +112,65 @@ def test_heads_of_every_kind_serve_side_by_side_across_tenants(app):
         assert [p["label"] for p in predictions] == [p["label"] for p in expected]
         for got, want in zip(predictions, expected, strict=True):
             assert got["score"] == pytest.approx(want["score"], abs=1e-5)
+
+
+def test_tuned_head_keeps_its_own_copy_of_the_top_layer(app):
+    client, home = app
+    trained = train(client, "own-top", "tuned")
+    assert trained["report"]["params"]["epochs"] == 4
+    with sqlite3.connect(home / "graft.db") as db:
+        (config, weights) = db.execute(
+            "SELECT v.config, v.weights FROM head_versions v JOIN heads h ON v.head_id = h.id "
+            "WHERE h.name = 'own-top' AND v.version = ?",
+            (trained["version"],),
+        ).fetchone()
+    tensors = safetensors.numpy.load(weights)
+    # One BERT layer of MiniLM (384 wide, 1536 feed-forward) plus a 6-label classifier.
+    assert tensors["layer.linear1.weight"].shape == (1536, 384)
+    assert tensors["coef"].shape == (6, 384)
+    assert json.loads(config)["layer"]["nhead"] == 12
+    pretrained = text_top_layer(text_model_dir(DEFAULT_TEXT_BACKBONE))
+    assert pretrained is not None
+    moved = np.abs(tensors["layer.linear1.weight"] - pretrained.weights["linear1.weight"]).max()
+    assert 0 < moved < 0.05  # fine-tuned: moved from the backbone's weights, but only nudged
+
+
+def test_tuned_head_grows_from_a_base_version_of_its_own_kind_only(app):
+    client, home = app
+    first = few_shot(rows("train", INTENTS[:3]), per_label=6, seed=1)
+    added = few_shot(rows("train", {"top_up_failed"}), per_label=6, seed=1)
+    response = client.post(
+        "/v1/heads/train",
+        json={"head": "tuned-grows", "examples": examples(first), "kind": "tuned"},
+    )
+    assert response.status_code == 200, response.text
+    response = client.post(
+        "/v1/heads/train",
+        json={
+            "head": "tuned-grows",
+            "examples": examples(added),
+            "kind": "tuned",
+            "base_version": 1,
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["n_examples"] == 24
+    test = few_shot(rows("test", {*INTENTS[:3], "top_up_failed"}), per_label=4, seed=2)
+    assert accuracy(predict(client, "tuned-grows", test), test) >= 0.8
+    before = registry_snapshot(home)
+    mixed = client.post(
+        "/v1/heads/train",
+        json={
+            "head": "tuned-grows",
+            "examples": examples(added),
+            "kind": "linear",
+            "base_version": 1,
+        },
+    )
+    assert mixed.status_code == 400
+    assert mixed.json()["error"]["code"] == "invalid_examples"
+    assert mixed.json()["error"]["field"] == "base_version"
+    assert registry_snapshot(home) == before
 
 
 def test_multilabel_head_answers_every_label_of_a_sentence(app):

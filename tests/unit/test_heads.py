@@ -15,8 +15,11 @@ from adapters import (
 )
 from adapters.base import HeadStateError
 
-KINDS = sorted(HEAD_KINDS)
-SINGLE_LABEL_KINDS = sorted(kind for kind, cls in HEAD_KINDS.items() if not cls.multilabel)
+#: The kinds that read pooled features; tuned heads read token states (tests/unit/test_tuned.py).
+KINDS = sorted(kind for kind, cls in HEAD_KINDS.items() if not cls.takes_token_states)
+SINGLE_LABEL_KINDS = sorted(
+    kind for kind, cls in HEAD_KINDS.items() if not cls.multilabel and not cls.takes_token_states
+)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from adapters import TokenStates
 from service.errors import InvalidExamples
 from service.training_data import TrainingSet, digest, training_set
 
@@ -33,3 +34,39 @@ def test_extending_appends_and_refuses_mixed_label_forms():
     assert grown.labels == ["a", "b", "c"] and grown.features.shape == (3, 4)
     with pytest.raises(InvalidExamples, match="mix single labels and label lists"):
         single.extended(training_set(np.ones((1, 4), np.float32), [("a",)], ["w"]))
+
+
+def token_states(lengths: list[int], seed: int = 0) -> TokenStates:
+    rng = np.random.default_rng(seed)
+    return TokenStates.from_rows([rng.normal(size=(n, 4)).astype(np.float32) for n in lengths])
+
+
+def test_token_states_round_trip_row_by_row_with_their_lengths():
+    states = token_states([3, 1, 5])
+    assert states.hidden.shape == (3, 5, 4)
+    assert states.hidden[1, 1:].sum() == 0  # padding past an input's own tokens
+    back = TrainingSet.from_bytes(training_set(states, ["a", "b", "a"], ["x", "y", "z"]).to_bytes())
+    assert isinstance(back.features, TokenStates)
+    assert back.features.lengths.tolist() == [3, 1, 5]
+    for got, want in zip(back.features.rows(), states.rows(), strict=True):
+        np.testing.assert_allclose(got, want, atol=5e-3)  # float16 storage
+
+
+def test_token_states_select_rows_and_trim_the_padding():
+    states = token_states([3, 1, 5, 2])
+    picked = states[np.array([1, 3])]
+    assert picked.lengths.tolist() == [1, 2]
+    assert picked.hidden.shape == (2, 2, 4)  # padded to the longest picked, not to 5
+    masked = states[np.array([True, False, False, True])]
+    np.testing.assert_array_equal(masked.hidden[1], states.hidden[3, :3])
+
+
+def test_a_tuned_set_does_not_extend_a_pooled_one_either_way():
+    pooled = training_set(np.ones((1, 4), np.float32), ["a"], ["x"])
+    tuned = training_set(token_states([2]), ["b"], ["y"])
+    assert len(tuned.extended(training_set(token_states([4]), ["c"], ["z"]))) == 2
+    with pytest.raises(InvalidExamples, match="kept its examples as pooled features") as found:
+        pooled.extended(tuned)
+    assert found.value.field == "base_version"
+    with pytest.raises(InvalidExamples, match="kept its examples as token states"):
+        tuned.extended(pooled)
