@@ -15,7 +15,7 @@ from sklearn.metrics import (
 )
 from sklearn.preprocessing import MultiLabelBinarizer
 
-from adapters.base import Head
+from adapters.base import Head, TrainingDataError
 
 #: Confidence bins of the expected calibration error.
 ECE_BINS = 10
@@ -44,6 +44,22 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray) -> f
     return float(gap)
 
 
+def check_truth(head: Head, truth: Sequence[Any]) -> None:
+    """Refuse true labels in the wrong form for ``head``: lists for a single-label head, or
+    single labels for a multilabel one."""
+    lists = [isinstance(v, list | tuple) for v in truth]
+    if head.multilabel and not all(lists):
+        raise TrainingDataError(
+            f"example {lists.index(False)}: a multilabel head is judged on a list of "
+            '"labels" per example, not one "label"'
+        )
+    if not head.multilabel and any(lists):
+        raise TrainingDataError(
+            f"example {lists.index(True)}: this {head.kind} head answers one label per input; "
+            'give each example a "label", not a list of "labels"'
+        )
+
+
 def evaluate_head(
     head: Head, proba: np.ndarray, truth: Sequence[Any], abstain_threshold: float | None = None
 ) -> Evaluation:
@@ -54,6 +70,7 @@ def evaluate_head(
     that neither occur nor are predicted do not drag macro-F1 down. Accuracy, F1 and the
     confusion matrix judge the top label; abstention, if a threshold applies, is reported too.
     """
+    check_truth(head, truth)
     if head.multilabel:
         return _evaluate_multilabel(head, proba, truth)
     y_true = np.asarray([str(v) for v in truth], dtype=object)

@@ -1,15 +1,20 @@
 """Cross-request micro-batching: inputs from concurrent calls of any tenant share backbone passes.
 
 Each call hands its prepared items (token ids) to :meth:`EmbeddingBatcher.embed` and awaits its
-rows. One worker task per process drains the queue: it sorts what is waiting by cost (token
-length), cuts it into batches whose padded size stays under a token budget, runs each batch on a
-single backbone thread and scatters the rows back to their callers. There is no waiting window:
-while a pass runs, new calls queue up and form the next batch, so a lone request is served at
-once and a busy process batches by itself.
+rows. One worker task per process drains the queue one batch at a time: it sorts what is waiting
+by cost (token length), cuts the next batch so that its padded size stays under a token budget,
+runs it in the backbone process and scatters the rows back to their callers. There is no waiting
+window: while a pass runs, new calls queue up and join the choice of the next batch, so a lone
+request is served at once and a busy process batches by itself.
+
+Choosing batch by batch, shortest first, is what keeps tenants from stalling each other: a
+one-text call that arrives behind another tenant's 256 long texts rides one of the next two
+passes instead of waiting for all of them. So that long texts are never starved, every other
+pass is taken from the items that have waited ``PATIENCE_S`` (when there are any).
 
 Two lanes keep interactive latency low while a training call embeds hundreds of texts:
-``interactive`` items (predict, classify, embed) are taken a whole round at a time; ``bulk`` items
-(training) are taken one batch per round, between interactive rounds, so neither lane starves.
+``interactive`` items (predict, classify, embed) get ``INTERACTIVE_PER_BULK`` passes for each
+pass of ``bulk`` items (training) while both wait, so neither lane starves.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ from service import metrics
 from service.backbone_process import SharedBackbone
 
 T = TypeVar("T")
+
+#: Interactive passes between two bulk (training) passes while both lanes have work.
+INTERACTIVE_PER_BULK = 2
+#: Items that have waited this long get every other pass, shortest of them first.
+PATIENCE_S = 1.0
 
 
 @dataclass(eq=False)
@@ -103,19 +113,29 @@ class EmbeddingBatcher:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            since_bulk = 0
+            patient = False
             while self._interactive or self._bulk:
-                if self._interactive:
-                    round_, self._interactive = self._interactive, []
-                    for batch in self._batches(sorted(round_, key=_by_cost)):
-                        await self._run(batch)
-                if self._bulk:
-                    self._bulk.sort(key=_by_cost)
-                    batch = next(self._batches(self._bulk))
-                    del self._bulk[: len(batch)]
-                    await self._run(batch)
+                if self._interactive and (since_bulk < INTERACTIVE_PER_BULK or not self._bulk):
+                    await self._run(self._take(self._interactive, patient=patient))
+                    since_bulk += 1
+                    patient = not patient
+                else:
+                    await self._run(self._take(self._bulk, patient=True))
+                    since_bulk = 0
 
-    def _batches(self, ordered: list[_Slot]) -> Iterator[list[_Slot]]:
-        return cut_batches(ordered, _by_cost, self.max_tokens, self.max_items)
+    def _take(self, queue: list[_Slot], *, patient: bool) -> list[_Slot]:
+        """Remove and return the next batch of ``queue``: its shortest items, or with
+        ``patient``, the shortest of those that have waited ``PATIENCE_S`` if there are any."""
+        pool = queue
+        if patient:
+            cutoff = time.perf_counter() - PATIENCE_S
+            pool = [slot for slot in queue if slot.call.queued_at < cutoff] or queue
+        pool.sort(key=_by_cost)
+        batch = next(cut_batches(pool, _by_cost, self.max_tokens, self.max_items))
+        taken = {id(slot) for slot in batch}
+        queue[:] = [slot for slot in queue if id(slot) not in taken]
+        return batch
 
     async def _run(self, batch: list[_Slot]) -> None:
         live = [s for s in batch if not s.call.future.done()]  # callers that gave up are skipped

@@ -25,7 +25,7 @@ from adapters import (
     TrainingDataError,
     head_from_state,
 )
-from adapters.evaluation import Evaluation, evaluate_head
+from adapters.evaluation import Evaluation, check_truth, evaluate_head
 from adapters.training import Abstain, TrainingReport, fit_head
 from service import metrics
 from service.backbone_process import SharedBackbone
@@ -133,6 +133,7 @@ class HeadService:
             items = await anyio.to_thread.run_sync(self.backbone.prepare, inputs, field)
         else:
             items = self.backbone.prepare(inputs, field)
+        self.limits.check_token_states(len(items), max(map(len, items), default=0), field)
         rows = await self.batcher.embed_states(items, bulk=bulk)
         return TokenStates.from_rows(rows, top)
 
@@ -192,6 +193,8 @@ class HeadService:
         if base is not None:
             data = base.extended(data)
         if isinstance(data.features, TokenStates):
+            n_inputs, longest = data.features.hidden.shape[:2]
+            self.limits.check_token_states(n_inputs, longest, "base_version")
             data = data.with_top(self._top_layer())
         try:
             head, report = await anyio.to_thread.run_sync(
@@ -214,6 +217,8 @@ class HeadService:
     ) -> np.ndarray | TokenStates:
         """Embed chunk by chunk, reporting after each one (where a cancelled job stops)."""
         items = await anyio.to_thread.run_sync(self.backbone.prepare, texts, "examples")
+        if tuned:
+            self.limits.check_token_states(len(items), max(map(len, items), default=0), "examples")
         features = np.empty((len(items), self.backbone.dim), dtype=np.float32)
         states: list[np.ndarray] = []
         for start in range(0, len(items), EMBED_CHUNK):
@@ -353,6 +358,10 @@ class HeadService:
         self.limits.check_examples(inputs, labels)
         ref = await self._read(self.registry.resolve, tenant, head, version)
         fitted = await self._head_for(ref)
+        try:
+            check_truth(fitted, labels)  # before the embedding pass it would waste
+        except TrainingDataError as exc:
+            raise InvalidExamples(str(exc), field="examples") from exc
         features = await self.head_inputs(fitted, inputs, bulk=True, field="examples")
         proba = await anyio.to_thread.run_sync(fitted.predict_proba, features)
         found = await anyio.to_thread.run_sync(

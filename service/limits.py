@@ -8,6 +8,11 @@ from typing import Any
 from service.errors import LimitExceeded
 from service.settings import Settings
 
+#: A tuned head's token states (one float32 row per token, padded to the longest input) are
+#: held in memory while it trains: 262,144 of them are 400 MB at the backbone's 384 dimensions,
+#: and at most 200 MB of float16 in its stored training set (both databases cap a value at 1 GB).
+MAX_TUNED_PADDED_TOKENS = 262_144
+
 
 class Limits:
     def __init__(self, settings: Settings) -> None:
@@ -34,6 +39,20 @@ class Limits:
         self._check_count(
             len(distinct), self.settings.max_labels, "GRAFT_MAX_LABELS", field, "distinct labels"
         )
+
+    @staticmethod
+    def check_token_states(n_inputs: int, longest: int, field: str) -> None:
+        """A tuned head's inputs, padded to the longest, must fit ``MAX_TUNED_PADDED_TOKENS``."""
+        padded = n_inputs * longest
+        if padded > MAX_TUNED_PADDED_TOKENS:
+            raise LimitExceeded(
+                f"{n_inputs} inputs padded to {longest} tokens make {padded} token states; a "
+                f"tuned head takes at most {MAX_TUNED_PADDED_TOKENS} (shorter texts, fewer "
+                "examples, or a frozen-feature kind such as linear)",
+                limit="tuned_padded_tokens",
+                value=MAX_TUNED_PADDED_TOKENS,
+                field=field,
+            )
 
     @staticmethod
     def _check_count(count: int, limit: int, name: str, field: str, what: str) -> None:

@@ -299,3 +299,54 @@ def test_nan_threshold_is_refused(app):
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_request"
     assert response.json()["error"]["field"] == "abstain_threshold"
+
+
+def test_evaluate_refuses_labels_in_the_wrong_form_for_the_head(app):
+    client, home = app
+    train(client, "one-label", "linear")
+    before = registry_snapshot(home)
+    lists = client.post(
+        "/v1/heads/evaluate",
+        json={"head": "one-label", "examples": [{"text": "where is my card", "labels": ["x"]}]},
+    )
+    assert lists.status_code == 400, lists.text
+    assert (lists.json()["error"]["code"], lists.json()["error"]["field"]) == (
+        "invalid_examples",
+        "examples",
+    )
+    assert 'give each example a "label"' in lists.json()["error"]["message"]
+    assert registry_snapshot(home) == before
+    data = [{"text": row.text, "labels": [row.label]} for row in TRAIN]
+    response = client.post(
+        "/v1/heads/train", json={"head": "many-labels", "examples": data, "kind": "multilabel"}
+    )
+    assert response.status_code == 200, response.text
+    trained = registry_snapshot(home)
+    single = client.post(
+        "/v1/heads/evaluate",
+        json={"head": "many-labels", "examples": [{"text": "where is my card", "label": "x"}]},
+    )
+    assert single.status_code == 400, single.text
+    assert single.json()["error"]["code"] == "invalid_examples"
+    assert registry_snapshot(home) == trained
+
+
+def test_a_tuned_head_over_its_token_budget_is_refused_before_embedding(app):
+    client, home = app
+    before = registry_snapshot(home)
+    # 1,100 texts padded to 256 tokens: 281,600 token states, over the 262,144 a tuned head takes.
+    long = [
+        {"text": f"{i} " + "my card payment was declined again " * 60, "label": f"l{i % 2}"}
+        for i in range(1100)
+    ]
+    response = client.post(
+        "/v1/heads/train", json={"head": "too-big", "examples": long, "kind": "tuned"}
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["field"], error["limit"]) == (
+        "limit_exceeded",
+        "examples",
+        "tuned_padded_tokens",
+    )
+    assert registry_snapshot(home) == before
