@@ -126,13 +126,15 @@ class EmbeddingBatcher:
 
     def _take(self, queue: list[_Slot], *, patient: bool) -> list[_Slot]:
         """Remove and return the next batch of ``queue``: its shortest items, or with
-        ``patient``, the shortest of those that have waited ``PATIENCE_S`` if there are any."""
-        pool = queue
+        ``patient``, first the shortest of those that have waited ``PATIENCE_S``, the batch
+        then filled up with the shortest of the rest (a pass is never spent half empty)."""
+        queue.sort(key=_by_cost)
+        order = queue
         if patient:
             cutoff = time.perf_counter() - PATIENCE_S
-            pool = [slot for slot in queue if slot.call.queued_at < cutoff] or queue
-        pool.sort(key=_by_cost)
-        batch = next(cut_batches(pool, _by_cost, self.max_tokens, self.max_items))
+            waited = [slot for slot in queue if slot.call.queued_at < cutoff]
+            order = waited + [slot for slot in queue if slot.call.queued_at >= cutoff]
+        batch = first_batch(order, _by_cost, self.max_tokens, self.max_items)
         taken = {id(slot) for slot in batch}
         queue[:] = [slot for slot in queue if id(slot) not in taken]
         return batch
@@ -170,6 +172,22 @@ class EmbeddingBatcher:
 
 def _by_cost(slot: _Slot) -> int:
     return slot.cost
+
+
+def first_batch(
+    ordered: Sequence[T], cost: Callable[[T], int], max_tokens: int, max_items: int
+) -> list[T]:
+    """The items a batch takes from the front of ``ordered`` (one or two cost-sorted runs):
+    greedily, while the batch padded to its longest item stays within ``max_tokens``."""
+    batch: list[T] = []
+    longest = 0
+    for item in ordered:
+        padded_to = max(longest, cost(item))
+        if batch and (len(batch) >= max_items or (len(batch) + 1) * padded_to > max_tokens):
+            continue  # a shorter item further on (in the second run) may still fit
+        batch.append(item)
+        longest = padded_to
+    return batch
 
 
 def cut_batches(
