@@ -11,7 +11,6 @@ pull it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Self
@@ -337,6 +336,6 @@ def _check_states(X: Any) -> TokenStates:
         raise TrainingDataError("a tuned head reads token states, not pooled features")
     if not np.isfinite(X.hidden).all():
         raise TrainingDataError("token states contain NaN or infinite values")
-    if math.prod(X.hidden.shape[:2]) and X.lengths.min(initial=1) < 1:
+    if (X.lengths < 1).any():
         raise TrainingDataError("every input needs at least one token")
     return X

@@ -182,8 +182,10 @@ def first_batch(
     batch: list[T] = []
     longest = 0
     for item in ordered:
+        if len(batch) >= max_items:
+            break
         padded_to = max(longest, cost(item))
-        if batch and (len(batch) >= max_items or (len(batch) + 1) * padded_to > max_tokens):
+        if batch and (len(batch) + 1) * padded_to > max_tokens:
             continue  # a shorter item further on (in the second run) may still fit
         batch.append(item)
         longest = padded_to
@@ -193,13 +195,9 @@ def first_batch(
 def cut_batches(
     ordered: Sequence[T], cost: Callable[[T], int], max_tokens: int, max_items: int
 ) -> Iterator[list[T]]:
-    """Split cost-sorted items into batches whose padded size stays within ``max_tokens``."""
-    current: list[T] = []
-    for item in ordered:
-        # Sorted ascending, so this item is the longest yet: the batch would pad to its cost.
-        if current and (len(current) >= max_items or (len(current) + 1) * cost(item) > max_tokens):
-            yield current
-            current = []
-        current.append(item)
-    if current:
-        yield current
+    """Split cost-sorted items into the batches :func:`first_batch` takes one after another."""
+    rest = list(ordered)
+    while rest:
+        batch = first_batch(rest, cost, max_tokens, max_items)
+        yield batch  # a prefix: in a sorted run, once an item does not fit, no later one does
+        rest = rest[len(batch) :]

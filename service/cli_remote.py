@@ -104,6 +104,14 @@ def _probability(value: str) -> float:
         raise typer.BadParameter("'auto' or a number from 0 to 1", param_hint="--abstain") from None
 
 
+def _emit(model: Any, as_json: bool, rendered: Callable[[Any], Any]) -> None:
+    """The answer as JSON on stdout (for scripts), or as ``rendered`` makes it for people."""
+    if as_json:
+        _print_json(model)
+    else:
+        out.print(rendered(model))
+
+
 def _print_json(model: Any) -> None:
     if hasattr(model, "model_dump_json"):
         print(model.model_dump_json())
@@ -155,16 +163,10 @@ def train(
         else:
             started = _start_job(client, head, examples, options)
             if not wait:
-                if as_json:
-                    _print_json(started)
-                else:
-                    out.print(render.job(started))
+                _emit(started, as_json, render.job)
                 return
             answer = _wait_for(client, started)
-    if as_json:
-        _print_json(answer)
-    else:
-        out.print(render.trained(answer))
+    _emit(answer, as_json, render.trained)
 
 
 def _train_now(
@@ -283,10 +285,7 @@ def evaluate(
             version=_version(version),
             on_upload=lambda done, total: bar.update(task, completed=done, total=total),
         )
-    if as_json:
-        _print_json(answer)
-    else:
-        out.print(render.evaluation(answer))
+    _emit(answer, as_json, render.evaluation)
 
 
 @heads_app.command("list")
@@ -296,10 +295,7 @@ def heads_list(
     """The tenant's heads, with their versions and aliases."""
     with _session(url, key, tenant) as client:
         found = client.list_heads()
-    if as_json:
-        _print_json(found)
-    else:
-        out.print(render.heads(found))
+    _emit(found, as_json, render.heads)
 
 
 @heads_app.command("show")
@@ -313,10 +309,7 @@ def heads_show(
     """One head: every version with its kind, labels, size and training report."""
     with _session(url, key, tenant) as client:
         found = client.get_head(name)
-    if as_json:
-        _print_json(found)
-    else:
-        out.print(render.head(found))
+    _emit(found, as_json, render.head)
 
 
 @heads_app.command("delete")
@@ -354,10 +347,7 @@ def jobs_show(
     """A training job's status and progress."""
     with _session(url, key, tenant) as client:
         state = client.get_job(job)
-    if as_json:
-        _print_json(state)
-    else:
-        out.print(render.job(state))
+    _emit(state, as_json, render.job)
 
 
 @jobs_app.command("cancel")
@@ -371,10 +361,7 @@ def jobs_cancel(
     """Cancel a queued or running training job; it registers nothing."""
     with _session(url, key, tenant) as client:
         state = client.cancel_job(job)
-    if as_json:
-        _print_json(state)
-    else:
-        out.print(render.job(state))
+    _emit(state, as_json, render.job)
 
 
 def register(app: typer.Typer) -> None:

@@ -114,28 +114,29 @@ class HeadService:
 
     # -- features ----------------------------------------------------------------------------
 
+    async def _prepare(self, inputs: Sequence[InputItem], *, bulk: bool, field: str) -> list[Any]:
+        """Backbone items of ``inputs``; a bad one is refused naming ``{field}.{index}``."""
+        if bulk or self.backbone.prepare_off_loop:  # large batches, or images to decode
+            return await anyio.to_thread.run_sync(self.backbone.prepare, inputs, field)
+        return self.backbone.prepare(inputs, field)
+
     async def embed(
         self, inputs: Sequence[InputItem], *, bulk: bool = False, field: str = "inputs"
     ) -> np.ndarray:
-        """Features of ``inputs``; a bad one is refused naming ``{field}.{index}``."""
-        if bulk or self.backbone.prepare_off_loop:  # large batches, or images to decode
-            items = await anyio.to_thread.run_sync(self.backbone.prepare, inputs, field)
-        else:
-            items = self.backbone.prepare(inputs, field)
+        """Features of ``inputs``."""
+        items = await self._prepare(inputs, bulk=bulk, field=field)
         return await self.batcher.embed(items, bulk=bulk)
 
     async def token_states(
         self, inputs: Sequence[InputItem], *, bulk: bool = False, field: str = "inputs"
     ) -> TokenStates:
         """What tuned heads read: the token states below the backbone's top layer."""
-        top = self._top_layer()
-        if bulk:
-            items = await anyio.to_thread.run_sync(self.backbone.prepare, inputs, field)
-        else:
-            items = self.backbone.prepare(inputs, field)
+        items = await self._prepare(inputs, bulk=bulk, field=field)
+        self._check_token_budget(items, field)
+        return TokenStates.from_rows(await self.batcher.embed_states(items, bulk=bulk))
+
+    def _check_token_budget(self, items: Sequence[list[int]], field: str) -> None:
         self.limits.check_token_states(len(items), max(map(len, items), default=0), field)
-        rows = await self.batcher.embed_states(items, bulk=bulk)
-        return TokenStates.from_rows(rows, top)
 
     async def head_inputs(
         self, head: Head, inputs: Sequence[InputItem], *, bulk: bool = False, field: str = "inputs"
@@ -179,8 +180,8 @@ class HeadService:
                 len(base) + len(texts), base.labels + list(labels), "examples"
             )
         tuned = kind in HEAD_KINDS and HEAD_KINDS[kind].takes_token_states
-        if tuned:
-            self._top_layer()  # refused before any embedding on a backbone without one
+        # Refused before any embedding on a backbone without one.
+        top = self._top_layer() if tuned else None
         features: np.ndarray | TokenStates
         if progress is None and tuned:
             features = await self.token_states(texts, bulk=True, field="examples")
@@ -192,10 +193,12 @@ class HeadService:
         data = training_set(features, labels, texts)
         if base is not None:
             data = base.extended(data)
-        if isinstance(data.features, TokenStates):
-            n_inputs, longest = data.features.hidden.shape[:2]
-            self.limits.check_token_states(n_inputs, longest, "base_version")
-            data = data.with_top(self._top_layer())
+        if top is not None:
+            if base is not None:  # the new examples alone were checked before embedding
+                assert isinstance(data.features, TokenStates)
+                n_inputs, longest = data.features.hidden.shape[:2]
+                self.limits.check_token_states(n_inputs, longest, "base_version")
+            data = data.with_top(top)
         try:
             head, report = await anyio.to_thread.run_sync(
                 partial(
@@ -216,9 +219,9 @@ class HeadService:
         self, texts: Sequence[InputItem], progress: TrainingProgress, *, tuned: bool
     ) -> np.ndarray | TokenStates:
         """Embed chunk by chunk, reporting after each one (where a cancelled job stops)."""
-        items = await anyio.to_thread.run_sync(self.backbone.prepare, texts, "examples")
+        items = await self._prepare(texts, bulk=True, field="examples")
         if tuned:
-            self.limits.check_token_states(len(items), max(map(len, items), default=0), "examples")
+            self._check_token_budget(items, "examples")
         features = np.empty((len(items), self.backbone.dim), dtype=np.float32)
         states: list[np.ndarray] = []
         for start in range(0, len(items), EMBED_CHUNK):
