@@ -1,13 +1,15 @@
 """The learning side of Graft: head kinds that turn frozen features into label probabilities.
 
-Nothing here knows about HTTP, storage, tenants or BentoML: heads take arrays (pooled features,
-or for tuned heads the token states below the backbone's top layer) and give arrays,
+Nothing here knows about HTTP, storage, tenants or BentoML: heads take arrays (pooled features;
+for tuned heads the token states below the backbone's top layer; for hybrid heads the features
+with their texts) and give arrays,
 and save themselves as a :class:`~adapters.base.HeadState` (JSON config + float tensors).
 """
 
 from __future__ import annotations
 
 from adapters.base import Head, HeadState, HeadStateError, NotFittedError, TrainingDataError
+from adapters.hybrid import HybridHead, TextFeatures
 from adapters.linear import LinearHead
 from adapters.mlp import MLPHead
 from adapters.multilabel import MultilabelHead
@@ -21,6 +23,7 @@ HEAD_KINDS: dict[str, type[Head]] = {
     MLPHead.kind: MLPHead,
     MultilabelHead.kind: MultilabelHead,
     TunedHead.kind: TunedHead,
+    HybridHead.kind: HybridHead,
 }
 
 
@@ -48,11 +51,13 @@ __all__ = [
     "Head",
     "HeadState",
     "HeadStateError",
+    "HybridHead",
     "LinearHead",
     "MLPHead",
     "MultilabelHead",
     "NotFittedError",
     "PrototypeHead",
+    "TextFeatures",
     "TokenStates",
     "TopLayer",
     "TrainingDataError",

@@ -109,6 +109,8 @@ class Head(ABC):
     multilabel: ClassVar[bool] = False
     #: Tuned heads read :class:`~adapters.tuned.TokenStates` instead of pooled features.
     takes_token_states: ClassVar[bool] = False
+    #: Hybrid heads read :class:`~adapters.hybrid.TextFeatures`: pooled features and the texts.
+    takes_texts: ClassVar[bool] = False
 
     classes_: list[str]
     n_features_in_: int
@@ -117,7 +119,8 @@ class Head(ABC):
 
     @abstractmethod
     def fit(self, X: Any, y: Any) -> Self:
-        """``X``: pooled features (n x dim), or token states for a tuned head."""
+        """``X``: pooled features (n x dim), token states for a tuned head, or features with
+        their texts for a hybrid head."""
 
     @abstractmethod
     def _proba(self, X: Any) -> np.ndarray: ...

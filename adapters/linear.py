@@ -34,7 +34,8 @@ class LinearHead(Head):
         with threadpool_limits(limits=1):
             model = LogisticRegression(C=self.C, max_iter=self.max_iter, tol=self.tol)
             model.fit(features, labels)
-        coef = model.coef_.astype(np.float32)
+        # C order, as a stored head reads back: a product's rounding depends on the layout.
+        coef = np.ascontiguousarray(model.coef_, dtype=np.float32)
         intercept = model.intercept_.astype(np.float32)
         if coef.shape[0] == 1:
             # Binary: sigmoid(z) is softmax([0, z]); store both rows so prediction is uniform.

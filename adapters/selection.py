@@ -20,6 +20,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold
 
 from adapters.base import Head, tempered
+from adapters.hybrid import TextFeatures
 from adapters.tuned import TokenStates
 
 #: At most this many folds: more would cost time for little better an estimate.
@@ -32,8 +33,8 @@ ABSTAIN_IN_SCOPE_LOSS = 0.02
 HOLDOUT_ROUNDS = 3
 
 HeadFactory = Callable[[], Head]
-#: What heads learn from: pooled features, or token states for tuned heads.
-Features = np.ndarray | TokenStates
+#: What heads learn from: pooled features, token states (tuned), features with texts (hybrid).
+Features = np.ndarray | TokenStates | TextFeatures
 
 
 @dataclass

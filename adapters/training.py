@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from adapters import HEAD_KINDS, Head, TokenStates, TrainingDataError
+from adapters import HEAD_KINDS, Head, TextFeatures, TokenStates, TrainingDataError
 from adapters.selection import (
     CVResult,
     Features,
@@ -36,6 +36,7 @@ CANDIDATES: dict[str, list[dict[str, Any]]] = {
     "mlp": [{}],
     "multilabel": [{}],
     "tuned": [{}],
+    "hybrid": [{}],
 }
 #: Cross-validation only ranks candidates and estimates accuracy: a looser fit is enough there
 #: and halves its cost (the head that is kept is fitted to the full tolerance).
@@ -45,6 +46,7 @@ CV_SHORTCUTS: dict[str, dict[str, Any]] = {
     "linear": {"tol": 1e-3},
     "mlp": {"epochs": 50},
     "tuned": {"epochs": 1},
+    "hybrid": {"tol": 1e-3},
 }
 #: The kinds ``auto`` chooses from, cheapest first so a tight budget still gets an answer.
 #: Not ``tuned``: it reads token states, not features, and takes seconds per fold.
@@ -112,7 +114,7 @@ def _label_counts(labels: Sequence[Hashable]) -> dict[str, int]:
 
 def fit_head(
     kind: str,
-    features: np.ndarray | TokenStates,
+    features: Features,
     labels: Sequence[Any],
     inputs: Sequence[Hashable],
     *,
@@ -121,16 +123,15 @@ def fit_head(
 ) -> tuple[Head, TrainingReport]:
     """Fit a head of ``kind`` (or the best kind, for ``"auto"``) and report on it.
 
-    ``features`` are pooled features, or :class:`TokenStates` for ``tuned``. ``labels`` are
+    ``features`` are pooled features, :class:`TokenStates` for ``tuned``, or
+    :class:`TextFeatures` for ``hybrid``. ``labels`` are
     strings, or lists of strings for ``multilabel``; ``inputs`` (texts, image
     hashes) only feed the warnings. ``budget_s`` bounds the time ``auto`` spends comparing.
     """
     started = time.perf_counter()
-    wants_states = kind in HEAD_KINDS and HEAD_KINDS[kind].takes_token_states
-    if isinstance(features, TokenStates) != wants_states:
-        raise TrainingDataError(
-            f"a {kind} head learns from {'token states' if wants_states else 'pooled features'}"
-        )
+    form, described = _input_form(kind)
+    if not isinstance(features, form):
+        raise TrainingDataError(f"a {kind} head learns from {described}")
     if kind == "multilabel":
         assert isinstance(features, np.ndarray)
         return _fit_multilabel(features, labels, inputs, abstain, started)
@@ -202,6 +203,16 @@ def _choose(kind: str, candidates: list[CVResult], n_examples: int) -> CVResult 
 def _merit(result: CVResult) -> tuple[float, float]:
     """Higher CV accuracy wins; on a tie, the better calibrated (lower log-loss) candidate."""
     return round(result.accuracy, 6), -result.log_loss
+
+
+def _input_form(kind: str) -> tuple[type, str]:
+    """What a kind learns from, and its name in an error."""
+    cls = HEAD_KINDS.get(kind)
+    if cls is not None and cls.takes_token_states:
+        return TokenStates, "token states"
+    if cls is not None and cls.takes_texts:
+        return TextFeatures, "pooled features with their texts"
+    return np.ndarray, "pooled features"
 
 
 def _factory(kind: str, params: dict[str, Any]) -> Any:

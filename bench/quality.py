@@ -8,10 +8,10 @@ kind is trained through the service's own training path (the backbone's features
 search) and evaluated on the full test split (3,080 sentences). Training time is the time to
 embed the draw plus the fit, as ``/v1/heads/train`` spends it.
 
-Abstention: 10 labels are held out as "out of scope"; a linear head with ``"abstain": "auto"``
-learns the other 67, and is scored on the in-scope test sentences (accuracy, counting a refusal
-as wrong, against the same head never refusing) and on the held-out labels' sentences (the share
-refused).
+Abstention: 10 labels are held out as "out of scope"; a linear and a hybrid head with
+``"abstain": "auto"`` learn the other 67, and each is scored on the in-scope test sentences
+(accuracy, counting a refusal as wrong, against the same head never refusing) and on the
+held-out labels' sentences (the share refused).
 
 SetFit (contrastive fine-tuning of the same MiniLM body, then logistic regression) runs on the
 same draws when it is installed (``pip install -e '.[quality]'``); it is slow on a CPU, so by
@@ -35,8 +35,9 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
+from adapters import HEAD_KINDS, LinearHead, TextFeatures, TokenStates
+from adapters.selection import Features
 from adapters.training import fit_head
-from adapters.tuned import TokenStates
 from bench.datasets import Labelled, banking77, few_shot
 from service.backbone import (
     TextInputs,
@@ -49,7 +50,16 @@ from service.backbone import (
 from service.settings import DEFAULT_TEXT_BACKBONE
 
 RESULTS = Path(__file__).with_name("RESULTS-quality.md")
-KINDS = ("prototype", "linear", "mlp", "tuned", "auto")
+KINDS = ("prototype", "linear", "mlp", "tuned", "hybrid", "auto")
+ABSTAIN_KINDS = ("linear", "hybrid")
+#: The issue's goal: the best kind's accuracy at 10 shots, trained within this many seconds.
+GOAL_TRAIN_S = 5.0
+ABSTAIN_FIGURES = (
+    "in_scope_accuracy",
+    "in_scope_accuracy_abstaining",
+    "out_of_scope_rejected",
+    "oracle_out_of_scope_rejected",
+)
 OUT_OF_SCOPE_LABELS = 10
 
 
@@ -87,24 +97,34 @@ def scores(truth: list[str], predicted: list[str]) -> tuple[float, float]:
     )
 
 
+def head_input(kind: str, X: np.ndarray, states: TokenStates, texts: list[str]) -> Features:
+    """What ``kind`` learns from and predicts from, as the service hands it over."""
+    if HEAD_KINDS.get(kind, LinearHead).takes_token_states:
+        return states
+    if HEAD_KINDS.get(kind, LinearHead).takes_texts:
+        return TextFeatures(X, texts)
+    return X
+
+
 def run_kinds(
     encode: Encoder,
     draw: list[Labelled],
     test_X: np.ndarray,
     test_states: TokenStates,
+    test_texts: list[str],
     test_y: list[str],
 ) -> dict[str, dict[str, float]]:
+    texts = [row.text for row in draw]
     started = time.perf_counter()
-    X, states = encode([row.text for row in draw])
+    X, states = encode(texts)
     embed_s = time.perf_counter() - started
     y = [row.label for row in draw]
     found = {}
     for kind in KINDS:
-        tuned = kind == "tuned"
         started = time.perf_counter()
-        head, report = fit_head(kind, states if tuned else X, y, [row.text for row in draw])
+        head, report = fit_head(kind, head_input(kind, X, states, texts), y, texts)
         fit_s = time.perf_counter() - started
-        proba = head.predict_proba(test_states if tuned else test_X)
+        proba = head.predict_proba(head_input(kind, test_X, test_states, test_texts))
         predicted = list(np.asarray(head.classes_)[proba.argmax(axis=1)])
         accuracy, macro_f1 = scores(test_y, predicted)
         found[kind] = {
@@ -118,16 +138,23 @@ def run_kinds(
 
 
 def run_abstention(
-    encode: Encoder, train: list[Labelled], test: list[Labelled], test_X: np.ndarray, seed: int
+    kind: str,
+    encode: Encoder,
+    train: list[Labelled],
+    test: list[Labelled],
+    test_X: np.ndarray,
+    seed: int,
 ) -> dict[str, float]:
     labels = sorted({row.label for row in train})
     unseen = set(random.Random(seed).sample(labels, OUT_OF_SCOPE_LABELS))
     draw = few_shot([row for row in train if row.label not in unseen], per_label=10, seed=seed)
-    X, _states = encode([row.text for row in draw])
+    texts = [row.text for row in draw]
+    X, states = encode(texts)
     head, report = fit_head(
-        "linear", X, [row.label for row in draw], [row.text for row in draw], abstain="auto"
+        kind, head_input(kind, X, states, texts), [row.label for row in draw], texts, abstain="auto"
     )
-    proba = head.predict_proba(test_X)
+    # Tuned heads are not measured here, so the test split's token states are not needed.
+    proba = head.predict_proba(head_input(kind, test_X, states, [row.text for row in test]))
     top = proba.max(axis=1)
     predicted = np.asarray(head.classes_)[proba.argmax(axis=1)]
     truth = np.asarray([row.label for row in test])
@@ -204,13 +231,15 @@ def main() -> None:
     test_X, test_states = encode([row.text for row in test])
     print(f"embedded the test split in {time.perf_counter() - started:.1f} s", flush=True)
     test_y = [row.label for row in test]
+    test_texts = [row.text for row in test]
 
     kinds: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
     setfit: dict[int, list[dict[str, float]]] = defaultdict(list)
     for shots in (5, 10):
         for seed in range(args.draws):
             draw = few_shot(train, per_label=shots, seed=seed)
-            for kind, found in run_kinds(encode, draw, test_X, test_states, test_y).items():
+            found_by_kind = run_kinds(encode, draw, test_X, test_states, test_texts, test_y)
+            for kind, found in found_by_kind.items():
                 kinds[(shots, kind)].append(found)
                 print(f"{shots:>2} shots seed {seed} {kind:<9} {found}", flush=True)
             if seed < args.setfit_draws:
@@ -218,9 +247,13 @@ def main() -> None:
                 if result is not None:
                     setfit[shots].append(result)
                     print(f"{shots:>2} shots seed {seed} setfit    {result}", flush=True)
-    abstention = [run_abstention(encode, train, test, test_X, seed) for seed in range(args.draws)]
-    for found in abstention:
-        print(f"abstention {found}", flush=True)
+    abstention = {
+        kind: [run_abstention(kind, encode, train, test, test_X, s) for s in range(args.draws)]
+        for kind in ABSTAIN_KINDS
+    }
+    for kind, found_by_draw in abstention.items():
+        for found in found_by_draw:
+            print(f"abstention {kind} {found}", flush=True)
     write(kinds, setfit, abstention, args)
 
 
@@ -231,7 +264,7 @@ def mean(values: list[dict[str, Any]], key: str) -> float:
 def write(
     kinds: dict[tuple[int, str], list[dict[str, Any]]],
     setfit: dict[int, list[dict[str, float]]],
-    abstention: list[dict[str, float]],
+    abstention: dict[str, list[dict[str, float]]],
     args: argparse.Namespace,
 ) -> None:
     rows = ["| shots | kind | accuracy | macro-F1 | train s | draws |", "|---|---|---|---|---|---|"]
@@ -258,13 +291,25 @@ def write(
     best = max(KINDS, key=lambda k: figures[f"{k}_10shot_accuracy"])
     figures["best_kind_10shot_accuracy"] = figures[f"{best}_10shot_accuracy"]
     figures["best_kind_10shot_train_s"] = figures[f"{best}_10shot_train_s"]
-    for key in (
-        "in_scope_accuracy",
-        "in_scope_accuracy_abstaining",
-        "out_of_scope_rejected",
-        "oracle_out_of_scope_rejected",
-    ):
-        figures[f"abstain_{key}"] = mean(abstention, key)  # type: ignore[arg-type]
+    # The issue's goal is an accuracy within a training time: the best kind that keeps to it.
+    quick = [k for k in KINDS if figures[f"{k}_10shot_train_s"] <= GOAL_TRAIN_S]
+    best_quick = max(quick, key=lambda k: figures[f"{k}_10shot_accuracy"]) if quick else None
+    if best_quick is not None:
+        figures["best_kind_within_5s_10shot_accuracy"] = figures[f"{best_quick}_10shot_accuracy"]
+    abstaining = [
+        "| kind | in-scope accuracy | refusing below the threshold | out-of-scope refused "
+        "| ceiling (threshold picked on the test split) |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, found in abstention.items():
+        for key in ABSTAIN_FIGURES:
+            figures[f"abstain_{kind}_{key}"] = mean(found, key)  # type: ignore[arg-type]
+        abstaining.append(
+            f"| {kind} | "
+            + " | ".join(f"{figures[f'abstain_{kind}_{key}']:.4f}" for key in ABSTAIN_FIGURES)
+            + " |"
+        )
+    draws = len(next(iter(abstention.values())))
     lines = [
         "# Few-shot quality on banking77",
         "",
@@ -276,14 +321,16 @@ def write(
         "",
         *rows,
         "",
-        f"Best kind at 10 shots: `{best}`. Abstention (10 of 77 labels held out as out of scope, "
-        f'linear head, `"abstain": "auto"`, 10 shots, {len(abstention)} draws): in-scope '
-        f"accuracy {figures['abstain_in_scope_accuracy']:.4f} never refusing, "
-        f"{figures['abstain_in_scope_accuracy_abstaining']:.4f} refusing below the threshold; "
-        f"out-of-scope sentences refused: {figures['abstain_out_of_scope_rejected']:.4f}. "
-        f"The best any threshold on the top probability does while costing at most 2 points "
-        f"of in-scope accuracy, picked on the test split itself (a ceiling, not a method): "
-        f"{figures['abstain_oracle_out_of_scope_rejected']:.4f}.",
+        f"Best kind at 10 shots: `{best}`; best within {GOAL_TRAIN_S:.0f} s of training: "
+        f"`{best_quick}`.",
+        "",
+        f"Abstention: 10 of 77 labels held out as out of scope, 10 shots, "
+        f'`"abstain": "auto"`, {draws} draws. The ceiling is the most out-of-scope sentences '
+        f"any threshold on the top probability refuses while costing at most 2 points of "
+        f"in-scope accuracy, with the threshold picked on the test split itself: a bound on "
+        f"what calibrating on the examples can reach, not a method.",
+        "",
+        *abstaining,
         "",
         "```",
         *(f"FIGURE {name} {value:.4f}" for name, value in figures.items()),

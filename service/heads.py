@@ -20,12 +20,14 @@ from adapters import (
     HEAD_KINDS,
     Head,
     HeadState,
+    TextFeatures,
     TokenStates,
     TopLayer,
     TrainingDataError,
     head_from_state,
 )
 from adapters.evaluation import Evaluation, check_truth, evaluate_head
+from adapters.selection import Features
 from adapters.training import Abstain, TrainingReport, fit_head
 from service import metrics
 from service.backbone_process import SharedBackbone
@@ -140,11 +142,15 @@ class HeadService:
 
     async def head_inputs(
         self, head: Head, inputs: Sequence[InputItem], *, bulk: bool = False, field: str = "inputs"
-    ) -> np.ndarray | TokenStates:
-        """What ``head`` predicts from: pooled features, or token states for a tuned head."""
+    ) -> Features:
+        """What ``head`` predicts from: pooled features, token states for a tuned head, or
+        features with their texts for a hybrid head."""
         if head.takes_token_states:
             return await self.token_states(inputs, bulk=bulk, field=field)
-        return await self.embed(inputs, bulk=bulk, field=field)
+        features = await self.embed(inputs, bulk=bulk, field=field)
+        if head.takes_texts:
+            return TextFeatures(features, [str(text) for text in inputs])
+        return features
 
     def _top_layer(self) -> TopLayer:
         top = self.backbone.top_layer
@@ -155,6 +161,15 @@ class HeadService:
                 field="kind",
             )
         return top
+
+    def _check_reads_texts(self) -> None:
+        if self.backbone.kind != "text":
+            raise KindNotSupported(
+                f"this server's backbone ({self.backbone.name}) reads images, and hybrid heads "
+                "learn from the words of texts; train a linear, mlp, prototype or auto head "
+                "instead",
+                field="kind",
+            )
 
     async def embed_inputs(self, inputs: Sequence[InputItem]) -> np.ndarray:
         """The /v1/embed path: limits first, then the shared backbone."""
@@ -180,8 +195,13 @@ class HeadService:
                 len(base) + len(texts), base.labels + list(labels), "examples"
             )
         tuned = kind in HEAD_KINDS and HEAD_KINDS[kind].takes_token_states
-        # Refused before any embedding on a backbone without one.
+        with_texts = kind in HEAD_KINDS and HEAD_KINDS[kind].takes_texts
+        # Refused before any embedding on a backbone that cannot serve the kind.
         top = self._top_layer() if tuned else None
+        if with_texts:
+            self._check_reads_texts()
+            if base is not None:
+                base.with_texts()  # a base that kept no texts is refused before any embedding
         features: np.ndarray | TokenStates
         if progress is None and tuned:
             features = await self.token_states(texts, bulk=True, field="examples")
@@ -190,7 +210,7 @@ class HeadService:
         else:
             features = await self._embed_reporting(texts, progress, tuned=tuned)
             await progress.phase("fitting")
-        data = training_set(features, labels, texts)
+        data = training_set(features, labels, texts, keep_texts=with_texts)
         if base is not None:
             data = base.extended(data)
         if top is not None:
@@ -199,12 +219,13 @@ class HeadService:
                 n_inputs, longest = data.features.hidden.shape[:2]
                 self.limits.check_token_states(n_inputs, longest, "base_version")
             data = data.with_top(top)
+        learns_from = data.with_texts() if with_texts else data.features
         try:
             head, report = await anyio.to_thread.run_sync(
                 partial(
                     fit_head,
                     kind,
-                    data.features,
+                    learns_from,
                     data.labels,
                     data.digests,
                     abstain=abstain,
@@ -372,10 +393,11 @@ class HeadService:
         )
         return ref, found
 
-    async def _proba(self, head: Head, features: np.ndarray | TokenStates) -> np.ndarray:
+    async def _proba(self, head: Head, features: Features) -> np.ndarray:
         """A frozen-feature head's matrix product runs here; a tuned head's transformer layer
-        (milliseconds per input) runs off the event loop so that batching goes on meanwhile."""
-        if head.takes_token_states:
+        (milliseconds per input) and a hybrid head's n-gram counting run off the event loop so
+        that batching goes on meanwhile."""
+        if head.takes_token_states or head.takes_texts:
             return await anyio.to_thread.run_sync(head.predict_proba, features)
         return head.predict_proba(features)
 

@@ -4,9 +4,9 @@ Kept so that ``"base_version"`` can add examples to a head without the caller re
 old ones, and without embedding them again. Features are float16 (half the bytes; a head fitted
 on them differs from one fitted on float32 in the fourth decimal); a tuned head's set keeps the
 token states below the top layer instead (every input's rows, end to end, and their lengths),
-as float16 too. Inputs are kept only as
-digests, for the duplicate and conflict warnings: no text is stored twice. Safetensors again,
-labels in its JSON metadata, so reading it back can never run code.
+as float16 too. Inputs are kept as digests, for the duplicate and conflict warnings; only a
+hybrid head's set keeps the texts themselves, because its n-gram model learns from their words.
+Safetensors again, labels in its JSON metadata, so reading it back can never run code.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load, save
 
-from adapters import TokenStates, TopLayer
+from adapters import TextFeatures, TokenStates, TopLayer
 from service.errors import InvalidExamples
 
 
@@ -35,6 +35,7 @@ class TrainingSet:
     features: np.ndarray | TokenStates
     labels: list[Any]  # strings, or tuples of strings for multilabel heads
     digests: list[str]
+    texts: list[str] | None = None  # hybrid heads' sets only
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -51,6 +52,11 @@ class TrainingSet:
             }
         else:
             tensors = {"features": self.features.astype(np.float16)}
+        if self.texts is not None:
+            # UTF-8 bytes end to end, not JSON metadata: the format caps its header at 100 MB.
+            encoded = [text.encode() for text in self.texts]
+            tensors["text_bytes"] = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+            tensors["text_lengths"] = np.asarray([len(e) for e in encoded], dtype=np.int64)
         return save(tensors, metadata=meta)
 
     @classmethod
@@ -67,7 +73,12 @@ class TrainingSet:
         length = int.from_bytes(data[:8], "little")
         meta = json.loads(data[8 : 8 + length])["__metadata__"]
         labels = [tuple(v) if isinstance(v, list) else v for v in json.loads(meta["labels"])]
-        return cls(features, labels, json.loads(meta["digests"]))
+        texts = None
+        if "text_bytes" in tensors:
+            ends = np.cumsum(tensors["text_lengths"]).tolist()
+            joined = tensors["text_bytes"].tobytes()
+            texts = [joined[a:b].decode() for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+        return cls(features, labels, json.loads(meta["digests"]), texts)
 
     def extended(self, other: TrainingSet) -> TrainingSet:
         multilabel = {isinstance(v, tuple) for v in self.labels + other.labels}
@@ -89,7 +100,23 @@ class TrainingSet:
                 "train it with all its examples instead",
                 field="base_version",
             )
-        return TrainingSet(features, self.labels + other.labels, self.digests + other.digests)
+        texts = None
+        if self.texts is not None and other.texts is not None:
+            texts = self.texts + other.texts
+        return TrainingSet(
+            features, self.labels + other.labels, self.digests + other.digests, texts
+        )
+
+    def with_texts(self) -> TextFeatures:
+        """What a hybrid head learns from; refused for a base version that kept no texts."""
+        if self.texts is None:
+            raise InvalidExamples(
+                "the base version kept no texts (only hybrid heads keep them), and a hybrid "
+                "head learns from their words; train it with all its examples instead",
+                field="base_version",
+            )
+        assert isinstance(self.features, np.ndarray)
+        return TextFeatures(self.features, self.texts)
 
     def with_top(self, top: TopLayer) -> TrainingSet:
         """A tuned head's set with the layer a new head starts from (it is not stored)."""
@@ -98,6 +125,11 @@ class TrainingSet:
 
 
 def training_set(
-    features: np.ndarray | TokenStates, labels: Sequence[Any], inputs: Sequence[Hashable]
+    features: np.ndarray | TokenStates,
+    labels: Sequence[Any],
+    inputs: Sequence[Hashable],
+    *,
+    keep_texts: bool = False,
 ) -> TrainingSet:
-    return TrainingSet(features, list(labels), [digest(item) for item in inputs])
+    texts = [str(item) for item in inputs] if keep_texts else None
+    return TrainingSet(features, list(labels), [digest(item) for item in inputs], texts)

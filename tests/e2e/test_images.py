@@ -117,19 +117,23 @@ def test_text_where_an_image_belongs_is_refused(server, target, path, body, fiel
     assert registry_snapshot(server.home) == before
 
 
-def test_a_tuned_head_is_refused_on_the_image_backbone(server, target):
+@pytest.mark.parametrize(
+    ("kind", "why"),
+    [("tuned", "no transformer layer to tune"), ("hybrid", "learn from the words of texts")],
+)
+def test_text_only_kinds_are_refused_on_the_image_backbone(server, target, kind, why):
     photos = pets("train")[:4]
     examples = [{"image": p.base64(), "label": p.species} for p in photos]
     before = registry_snapshot(server.home)
     response = server.post(
         "/v1/heads/train",
-        {"head": "tuned-pets", "examples": examples, "kind": "tuned"},
+        {"head": f"{kind}-pets", "examples": examples, "kind": kind},
         headers={"X-Tenant-ID": "hostile"},
     )
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert (error["code"], error["field"]) == ("kind_not_supported", "kind")
-    assert "no transformer layer to tune" in error["message"]
+    assert why in error["message"]
     assert registry_snapshot(server.home) == before
 
 

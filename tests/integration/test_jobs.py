@@ -84,21 +84,23 @@ def test_a_job_registers_a_version_that_serves(client):
     assert (again.status_code, again.json()["error"]["code"]) == (409, "job_finished")
 
 
-def test_a_tuned_head_trains_as_a_job_and_serves(client):
-    """The job path embeds chunk by chunk; a tuned head's chunks are token states."""
+@pytest.mark.parametrize("kind", ["tuned", "hybrid"])
+def test_heads_that_read_more_than_features_train_as_jobs_and_serve(client, kind):
+    """The job path embeds chunk by chunk; a tuned head's chunks are token states, and a hybrid
+    head learns from the texts as well."""
     intents = {"card_arrival", "exchange_rate", "change_pin", "top_up_failed", "age_limit"}
     drawn = few_shot([r for r in banking77("train") if r.label in intents], per_label=30, seed=0)
     examples = [{"text": r.text, "label": r.label} for r in drawn]  # 150: three embed chunks
     started = post(
-        client, "/v1/jobs/train", {"head": "tuned-job", "examples": examples, "kind": "tuned"}
+        client, "/v1/jobs/train", {"head": f"{kind}-job", "examples": examples, "kind": kind}
     )
     assert started.status_code == 200, started.text
     done = wait_for(client, started.json()["job"])
     assert done["status"] == "succeeded", done
-    assert done["result"]["kind"] == "tuned"
+    assert done["result"]["kind"] == kind
     picked = examples[::6]  # 25, every intent
     texts = [e["text"] for e in picked]
-    predicted = post(client, "/v1/predict", {"head": "tuned-job", "inputs": texts, "top_k": 1})
+    predicted = post(client, "/v1/predict", {"head": f"{kind}-job", "inputs": texts, "top_k": 1})
     labels = [p["label"] for p in predicted.json()["predictions"]]
     # Its own training sentences, back from a head that learnt them: all but a few right.
     assert sum(label == e["label"] for label, e in zip(labels, picked, strict=True)) >= 23

@@ -71,11 +71,11 @@ def accuracy(predictions: list[dict], data: list[Labelled]) -> float:
     )
 
 
-@pytest.mark.parametrize("kind", ["linear", "prototype", "mlp", "tuned", "auto"])
+@pytest.mark.parametrize("kind", ["linear", "prototype", "mlp", "tuned", "hybrid", "auto"])
 def test_each_kind_learns_real_intents(app, kind):
     client, _home = app
     trained = train(client, f"intents-{kind}", kind)
-    assert trained["kind"] in {"linear", "prototype", "mlp", "tuned"}
+    assert trained["kind"] in {"linear", "prototype", "mlp", "tuned", "hybrid"}
     assert trained["kind"] == kind or kind == "auto"
     assert trained["report"]["cv_folds"] == 3
     # 6 intents from 8 sentences each; measured 0.93 to 0.97 on these 30 unseen sentences.
@@ -86,7 +86,7 @@ def test_heads_of_every_kind_serve_side_by_side_across_tenants(app):
     client, _home = app
     heads = []
     for tenant in ("north", "south"):
-        for kind in ("linear", "prototype", "mlp", "tuned"):
+        for kind in ("linear", "prototype", "mlp", "tuned", "hybrid"):
             response = client.post(
                 "/v1/heads/train",
                 json={"head": f"h-{kind}", "examples": examples(TRAIN), "kind": kind},
@@ -170,6 +170,58 @@ def test_tuned_head_grows_from_a_base_version_of_its_own_kind_only(app):
     assert mixed.status_code == 400
     assert mixed.json()["error"]["code"] == "invalid_examples"
     assert mixed.json()["error"]["field"] == "base_version"
+    assert registry_snapshot(home) == before
+
+
+def test_hybrid_head_learns_the_words_and_grows_from_its_own_kind_only(app):
+    client, home = app
+    first = few_shot(rows("train", INTENTS[:3]), per_label=6, seed=1)
+    added = few_shot(rows("train", {"top_up_failed"}), per_label=6, seed=1)
+    trained = client.post(
+        "/v1/heads/train",
+        json={"head": "hybrid-grows", "examples": examples(first), "kind": "hybrid"},
+    )
+    assert trained.status_code == 200, trained.text
+    with sqlite3.connect(home / "graft.db") as db:
+        (config,) = db.execute(
+            "SELECT v.config FROM head_versions v JOIN heads h ON v.head_id = h.id "
+            "WHERE h.name = 'hybrid-grows' AND v.version = 1"
+        ).fetchone()
+    assert "card" in json.loads(config)["ngrams"]  # its vocabulary is the examples' words
+    grown = client.post(
+        "/v1/heads/train",
+        json={
+            "head": "hybrid-grows",
+            "examples": examples(added),
+            "kind": "hybrid",
+            "base_version": 1,
+        },
+    )
+    assert grown.status_code == 200, grown.text
+    assert grown.json()["n_examples"] == 24
+    test = few_shot(rows("test", {*INTENTS[:3], "top_up_failed"}), per_label=4, seed=2)
+    assert accuracy(predict(client, "hybrid-grows", test), test) >= 0.8
+    assert "top_up_failed" in {p["label"] for p in predict(client, "hybrid-grows", test)}
+    # A linear version keeps no texts: a hybrid head cannot grow from it.
+    linear = client.post(
+        "/v1/heads/train",
+        json={"head": "hybrid-grows", "examples": examples(first), "kind": "linear"},
+    )
+    assert linear.status_code == 200 and linear.json()["version"] == 3
+    before = registry_snapshot(home)
+    refused = client.post(
+        "/v1/heads/train",
+        json={
+            "head": "hybrid-grows",
+            "examples": examples(added),
+            "kind": "hybrid",
+            "base_version": 3,
+        },
+    )
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "invalid_examples"
+    assert refused.json()["error"]["field"] == "base_version"
+    assert "kept no texts" in refused.json()["error"]["message"]
     assert registry_snapshot(home) == before
 
 

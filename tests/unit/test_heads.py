@@ -9,23 +9,40 @@ from adapters import (
     HEAD_KINDS,
     HeadState,
     NotFittedError,
+    TextFeatures,
     TrainingDataError,
     head_from_state,
     new_head,
 )
 from adapters.base import HeadStateError
 
-#: The kinds that read pooled features; tuned heads read token states (tests/unit/test_tuned.py).
+#: The kinds that read pooled features (hybrid heads with their texts); tuned heads read token
+#: states (tests/unit/test_tuned.py).
 KINDS = sorted(kind for kind, cls in HEAD_KINDS.items() if not cls.takes_token_states)
 SINGLE_LABEL_KINDS = sorted(
     kind for kind, cls in HEAD_KINDS.items() if not cls.multilabel and not cls.takes_token_states
 )
 
 
+def head_input(kind: str, X: np.ndarray, texts: list[str]) -> np.ndarray | TextFeatures:
+    """What a head of ``kind`` reads: the features, or for a hybrid head the features and texts."""
+    return TextFeatures(X, texts) if HEAD_KINDS[kind].takes_texts else X
+
+
+def training_input(kind, features):
+    return head_input(kind, features.train_X, features.train_text)
+
+
+def held_out_input(kind, features):
+    return head_input(kind, features.test_X, features.test_text)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_learns_real_intents(kind, features):
-    head = new_head(kind).fit(features.train_X, features.train_y)
-    predicted = np.asarray(head.classes_)[head.predict_proba(features.test_X).argmax(axis=1)]
+    head = new_head(kind).fit(training_input(kind, features), features.train_y)
+    predicted = np.asarray(head.classes_)[
+        head.predict_proba(held_out_input(kind, features)).argmax(axis=1)
+    ]
     accuracy = float(np.mean(predicted == np.asarray(features.test_y)))
     # 8 intents, 12 examples each: frozen MiniLM separates them well (measured 0.95 to 0.99).
     assert accuracy >= 0.9
@@ -33,8 +50,8 @@ def test_learns_real_intents(kind, features):
 
 @pytest.mark.parametrize("kind", SINGLE_LABEL_KINDS)
 def test_probabilities_sum_to_one_in_class_order(kind, features):
-    head = new_head(kind).fit(features.train_X, features.train_y)
-    proba = head.predict_proba(features.test_X)
+    head = new_head(kind).fit(training_input(kind, features), features.train_y)
+    proba = head.predict_proba(held_out_input(kind, features))
     assert proba.shape == (len(features.test_y), 8)
     assert proba.dtype == np.float32
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
@@ -44,7 +61,7 @@ def test_probabilities_sum_to_one_in_class_order(kind, features):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_state_round_trips_byte_for_byte(kind, features):
-    head = new_head(kind).fit(features.train_X, features.train_y)
+    head = new_head(kind).fit(training_input(kind, features), features.train_y)
     state = head.to_state()
     config_json, tensor_bytes = state.config_json(), state.tensor_bytes()
     rebuilt = head_from_state(HeadState.from_serialized(config_json, tensor_bytes))
@@ -52,23 +69,24 @@ def test_state_round_trips_byte_for_byte(kind, features):
     assert again.config_json() == config_json
     assert again.tensor_bytes() == tensor_bytes
     np.testing.assert_array_equal(
-        rebuilt.predict_proba(features.test_X), head.predict_proba(features.test_X)
+        rebuilt.predict_proba(held_out_input(kind, features)),
+        head.predict_proba(held_out_input(kind, features)),
     )
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_unfitted_head_refuses_to_predict(kind, features):
     with pytest.raises(NotFittedError, match="not fitted"):
-        new_head(kind).predict_proba(features.test_X)
+        new_head(kind).predict_proba(held_out_input(kind, features))
     with pytest.raises(NotFittedError):
         new_head(kind).to_state()
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_wrong_feature_width_is_refused(kind, features):
-    head = new_head(kind).fit(features.train_X, features.train_y)
+    head = new_head(kind).fit(training_input(kind, features), features.train_y)
     with pytest.raises(TrainingDataError, match="expects 384 features"):
-        head.predict_proba(features.test_X[:, :100])
+        head.predict_proba(head_input(kind, features.test_X[:, :100], features.test_text))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -76,7 +94,7 @@ def test_nan_features_are_refused(kind, features):
     broken = features.train_X.copy()
     broken[3, 7] = np.nan
     with pytest.raises(TrainingDataError, match="NaN"):
-        new_head(kind).fit(broken, features.train_y)
+        new_head(kind).fit(head_input(kind, broken, features.train_text), features.train_y)
 
 
 def test_linear_needs_two_labels(features):
@@ -136,3 +154,48 @@ def test_truncated_state_is_refused(features):
 def test_unknown_kind_name():
     with pytest.raises(ValueError, match="unknown head kind 'forest'"):
         new_head("forest")
+
+
+def test_hybrid_reads_the_words(features):
+    """The n-gram side moves predictions: the same features with other texts score otherwise,
+    and a hybrid head beats neither input's own linear model on the held-out sentences."""
+    head = new_head("hybrid").fit(training_input("hybrid", features), features.train_y)
+    proba = head.predict_proba(held_out_input("hybrid", features))
+    shuffled = TextFeatures(features.test_X, features.test_text[::-1])
+    assert np.abs(head.predict_proba(shuffled) - proba).max() > 0.05
+    predicted = np.asarray(head.classes_)[proba.argmax(axis=1)]
+    assert float(np.mean(predicted == np.asarray(features.test_y))) >= 0.95
+    assert len(head.to_state().config["ngrams"]) == head.ngram_coef_.shape[1] <= 4000
+
+
+def test_hybrid_refuses_bare_features_and_mismatched_texts(features):
+    with pytest.raises(TrainingDataError, match="features with their texts, not ndarray"):
+        new_head("hybrid").fit(features.train_X, features.train_y)
+    with pytest.raises(TrainingDataError, match="96 feature rows but 95 texts"):
+        TextFeatures(features.train_X, features.train_text[:-1])
+
+
+def test_hybrid_state_with_wrong_vocabulary_is_refused(features):
+    state = new_head("hybrid").fit(training_input("hybrid", features), features.train_y).to_state()
+    short = {**state.config, "ngrams": state.config["ngrams"][:-1]}
+    with pytest.raises(HeadStateError, match="'ngram_coef' does not match"):
+        head_from_state(HeadState(short, state.tensors))
+    repeated = {**state.config, "ngrams": ["ab", *state.config["ngrams"][:-1]]}
+    repeated["ngrams"][1] = "ab"
+    with pytest.raises(HeadStateError, match="n-grams repeat"):
+        head_from_state(HeadState(repeated, state.tensors))
+
+
+def test_hybrid_refuses_texts_without_words(features):
+    blank = TextFeatures(features.train_X[:4], [" ", "\t", "  ", "\n"])
+    with pytest.raises(TrainingDataError, match="no words in the examples' texts"):
+        new_head("hybrid").fit(blank, ["a", "b", "a", "b"])
+
+
+def test_hybrid_learns_two_labels(features):
+    pick = [i for i, y in enumerate(features.train_y) if y in ("card_arrival", "exchange_rate")]
+    data = TextFeatures(features.train_X[pick], [features.train_text[i] for i in pick])
+    head = new_head("hybrid").fit(data, [features.train_y[i] for i in pick])
+    assert head.ngram_coef_.shape[0] == head.sentence_.coef_.shape[0] == 2
+    predicted = np.asarray(head.classes_)[head.predict_proba(data).argmax(axis=1)]
+    assert (predicted == np.asarray([features.train_y[i] for i in pick])).all()

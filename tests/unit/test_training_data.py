@@ -70,3 +70,22 @@ def test_a_tuned_set_does_not_extend_a_pooled_one_either_way():
     assert found.value.field == "base_version"
     with pytest.raises(InvalidExamples, match="kept its examples as token states"):
         tuned.extended(pooled)
+
+
+def test_a_hybrid_set_keeps_its_texts_exactly():
+    texts = ["Où est ma carte ? 💳", "", "my card\nnever came", "x" * 3000]
+    stored = training_set(np.ones((4, 4), np.float32), ["a", "b", "a", "b"], texts, keep_texts=True)
+    back = TrainingSet.from_bytes(stored.to_bytes())
+    assert back.texts == texts
+    learns_from = back.with_texts()
+    assert learns_from.texts == texts and learns_from.features.shape == (4, 4)
+
+
+def test_a_hybrid_head_cannot_grow_from_a_set_without_texts():
+    hybrid = training_set(np.ones((1, 4), np.float32), ["a"], ["x"], keep_texts=True)
+    plain = training_set(np.zeros((2, 4), np.float32), ["b", "c"], ["y", "z"])
+    assert hybrid.extended(hybrid).texts == ["x", "x"]
+    assert hybrid.extended(plain).texts is None  # a linear head may still grow from it
+    with pytest.raises(InvalidExamples, match="kept no texts") as refused:
+        plain.extended(hybrid).with_texts()
+    assert refused.value.field == "base_version"
