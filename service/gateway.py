@@ -19,6 +19,7 @@ counts in ``graft_requests_total`` by route, status and tenant (opted-in tenants
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -44,7 +45,7 @@ from service.errors import (
     UnknownKind,
     UnsupportedMediaType,
 )
-from service.schemas import MODALITY_MISMATCH
+from service.schemas import MODALITY_MISMATCH, NAME_PATTERN
 
 access_log = logging.getLogger("graft.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -148,8 +149,19 @@ class Gateway:
             context = {"modality": graft.settings.backbone_kind}
             model.model_validate_json(body or b"{}", context=context)
         except ValidationError as exc:
+            # Which head a refused call was for is what an operator looks for first.
+            record["head"] = _head_named_in(body)
             raise validation_error(exc) from None
         return body
+
+
+def _head_named_in(body: bytes) -> str | None:
+    """The head a refused body names, if it is JSON naming one by a valid name."""
+    try:
+        head = json.loads(body).get("head")
+    except (ValueError, AttributeError):  # not JSON, or not an object
+        return None
+    return head if isinstance(head, str) and re.fullmatch(NAME_PATTERN, head) else None
 
 
 def _too_large(size: int, limit: int) -> PayloadTooLarge:

@@ -170,3 +170,25 @@ def test_payload_logging_puts_bodies_in_the_access_log_when_enabled(client):
         logging.getLogger("graft.access").removeHandler(handler)
     (record,) = records
     assert "a very particular sentence" in record.body  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("body", "head"),
+    [
+        ({"head": "mood", "inputs": []}, "mood"),  # refused by validation: the head is still named
+        ({"head": "no such/name", "inputs": ["x"]}, None),  # an invalid name is not echoed
+        (["not", "an", "object"], None),
+    ],
+)
+def test_the_access_log_names_the_head_of_a_refused_call(client, body, head):
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("graft.access").addHandler(handler)
+    try:
+        refused = post(client, "/v1/predict", body)
+    finally:
+        logging.getLogger("graft.access").removeHandler(handler)
+    assert refused.status_code == 400
+    (record,) = records
+    assert (record.head, record.error) == (head, refused.json()["error"]["code"])  # type: ignore[attr-defined]
