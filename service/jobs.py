@@ -211,7 +211,7 @@ class JobStore:
                         f"job {job_id} is registering its version; it is too late to cancel",
                         field="job",
                     )
-                raise JobFinished(f"job {job_id} has already {row.status}", field="job")
+                raise JobFinished(f"job {job_id} has finished ({row.status})", field="job")
             return job_id
 
         return self._get(self._write(cancel))

@@ -82,6 +82,7 @@ def test_a_job_registers_a_version_that_serves(client):
 
     again = post(client, "/v1/jobs/cancel", {"job": done["job"]})
     assert (again.status_code, again.json()["error"]["code"]) == (409, "job_finished")
+    assert again.json()["error"]["message"] == f"job {done['job']} has finished (succeeded)"
 
 
 @pytest.mark.parametrize("kind", ["tuned", "hybrid"])

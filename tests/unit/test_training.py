@@ -204,3 +204,21 @@ def test_labels_missing_from_the_examples_do_not_count_in_macro_f1(features):
     assert found.labels == sorted({*truth, *predicted}) != head.classes_
     assert len(found.per_label) == len(found.labels)
     assert found.macro_f1 == pytest.approx(f1_score(truth, predicted, average="macro"))
+
+
+def test_auto_foresees_a_slow_kind_past_its_budget():
+    """Each next candidate is foreseen from the timed ones, scaled by its kind's relative cost:
+    after linear folds of 0.2 s, an mlp (about 40 times slower) does not fit a 5 s budget."""
+    import time
+
+    from adapters.selection import CVResult
+    from adapters.training import _would_overrun
+
+    def timed(kind: str, seconds: float) -> CVResult:
+        return CVResult(kind, {}, ["a", "b"], np.zeros((2, 2)), 0.8, 0.8, 0.5, seconds)
+
+    now = time.perf_counter()
+    done = [timed("prototype", 0.1), timed("linear", 0.2)]
+    assert not _would_overrun(done, "linear", now, budget_s=5.0)
+    assert _would_overrun(done, "mlp", now, budget_s=5.0)  # foreseen 8 s
+    assert not _would_overrun(done, "mlp", now, budget_s=60.0)
