@@ -198,6 +198,12 @@ def _report_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     for name in ("train_accuracy", "cv_accuracy", "cv_macro_f1"):
         if isinstance(report.get(name), int | float):
             rows.append((name.replace("_", " "), f"{report[name]:.3f}"))
+    abstain = report.get("abstain")
+    if isinstance(abstain, Mapping) and isinstance(abstain.get("threshold"), int | float):
+        row = f"below {abstain['threshold']:.4f}"
+        if isinstance(abstain.get("out_of_scope_rejected"), int | float):
+            row += f" (refuses about {abstain['out_of_scope_rejected']:.0%} of unseen intents)"
+        rows.append(("abstains", row))
     for warning in report.get("warnings", []) or []:
         rows.append(("warning", f"[yellow]{warning}[/yellow]"))
     return rows

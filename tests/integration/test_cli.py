@@ -162,3 +162,11 @@ def test_the_client_raises_typed_errors(http):
         client.predict("missing", ["x" * 20_000])
     assert limited.value.code == "limit_exceeded"
     assert limited.value.details == {"limit": "GRAFT_MAX_TEXT_CHARS", "value": 10_000}
+
+
+def test_train_shows_the_abstention_threshold(made, tmp_path):
+    data = write_csv(tmp_path / "mood.csv", SENTIMENT)
+    columns = ["--text-column", "utterance", "--label-column", "intent"]
+    trained = graft("train", "--head", "shy", "--file", str(data), *columns, "--abstain", "0.7")
+    assert trained.exit_code == 0, trained.output
+    assert "abstains" in trained.stdout and "below 0.7000" in trained.stdout
