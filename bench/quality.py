@@ -102,7 +102,7 @@ def head_input(kind: str, X: np.ndarray, states: TokenStates, texts: list[str]) 
     if HEAD_KINDS.get(kind, LinearHead).takes_token_states:
         return states
     if HEAD_KINDS.get(kind, LinearHead).takes_texts:
-        return TextFeatures(X, texts)
+        return TextFeatures.of(X, texts)
     return X
 
 

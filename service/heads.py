@@ -148,8 +148,9 @@ class HeadService:
         if head.takes_token_states:
             return await self.token_states(inputs, bulk=bulk, field=field)
         features = await self.embed(inputs, bulk=bulk, field=field)
-        if head.takes_texts:
-            return TextFeatures(features, [str(text) for text in inputs])
+        if head.takes_texts:  # counting n-grams is Python per character: off the event loop
+            texts = [str(text) for text in inputs]
+            return await anyio.to_thread.run_sync(TextFeatures.of, features, texts)
         return features
 
     def _top_layer(self) -> TopLayer:
@@ -201,7 +202,7 @@ class HeadService:
         if with_texts:
             self._check_reads_texts()
             if base is not None:
-                base.with_texts()  # a base that kept no texts is refused before any embedding
+                base.kept_texts()  # a base that kept no texts is refused before any embedding
         features: np.ndarray | TokenStates
         if progress is None and tuned:
             features = await self.token_states(texts, bulk=True, field="examples")
@@ -219,19 +220,17 @@ class HeadService:
                 n_inputs, longest = data.features.hidden.shape[:2]
                 self.limits.check_token_states(n_inputs, longest, "base_version")
             data = data.with_top(top)
-        learns_from = data.with_texts() if with_texts else data.features
-        try:
-            head, report = await anyio.to_thread.run_sync(
-                partial(
-                    fit_head,
-                    kind,
-                    learns_from,
-                    data.labels,
-                    data.digests,
-                    abstain=abstain,
-                    budget_s=self.settings.auto_budget_s,
-                )
+
+        def fit_on_a_worker() -> tuple[Head, TrainingReport]:
+            # A hybrid head's n-grams are counted here too, off the event loop.
+            learns_from = data.with_texts() if with_texts else data.features
+            budget_s = self.settings.auto_budget_s
+            return fit_head(
+                kind, learns_from, data.labels, data.digests, abstain=abstain, budget_s=budget_s
             )
+
+        try:
+            head, report = await anyio.to_thread.run_sync(fit_on_a_worker)
         except TrainingDataError as exc:
             raise InvalidExamples(str(exc), field="examples") from exc
         return head, report, data

@@ -107,16 +107,20 @@ class TrainingSet:
             features, self.labels + other.labels, self.digests + other.digests, texts
         )
 
-    def with_texts(self) -> TextFeatures:
-        """What a hybrid head learns from; refused for a base version that kept no texts."""
+    def kept_texts(self) -> list[str]:
+        """The texts a hybrid head learns from; refused for a base version that kept none."""
         if self.texts is None:
             raise InvalidExamples(
                 "the base version kept no texts (only hybrid heads keep them), and a hybrid "
                 "head learns from their words; train it with all its examples instead",
                 field="base_version",
             )
+        return self.texts
+
+    def with_texts(self) -> TextFeatures:
+        """What a hybrid head learns from: the features and their texts' n-grams, counted."""
         assert isinstance(self.features, np.ndarray)
-        return TextFeatures(self.features, self.texts)
+        return TextFeatures.of(self.features, self.kept_texts())
 
     def with_top(self, top: TopLayer) -> TrainingSet:
         """A tuned head's set with the layer a new head starts from (it is not stored)."""

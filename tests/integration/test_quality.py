@@ -183,11 +183,13 @@ def test_hybrid_head_learns_the_words_and_grows_from_its_own_kind_only(app):
     )
     assert trained.status_code == 200, trained.text
     with sqlite3.connect(home / "graft.db") as db:
-        (config,) = db.execute(
-            "SELECT v.config FROM head_versions v JOIN heads h ON v.head_id = h.id "
+        (weights,) = db.execute(
+            "SELECT v.weights FROM head_versions v JOIN heads h ON v.head_id = h.id "
             "WHERE h.name = 'hybrid-grows' AND v.version = 1"
         ).fetchone()
-    assert "card" in json.loads(config)["ngrams"]  # its vocabulary is the examples' words
+    tensors = safetensors.numpy.load(weights)
+    assert tensors["ngram_coef"].shape == (3, 4096)  # 3 labels x the n-grams' hash buckets
+    assert (tensors["idf"] > 1).sum() > 500  # weights learnt from the examples' own n-grams
     grown = client.post(
         "/v1/heads/train",
         json={

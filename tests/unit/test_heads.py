@@ -26,7 +26,7 @@ SINGLE_LABEL_KINDS = sorted(
 
 def head_input(kind: str, X: np.ndarray, texts: list[str]) -> np.ndarray | TextFeatures:
     """What a head of ``kind`` reads: the features, or for a hybrid head the features and texts."""
-    return TextFeatures(X, texts) if HEAD_KINDS[kind].takes_texts else X
+    return TextFeatures.of(X, texts) if HEAD_KINDS[kind].takes_texts else X
 
 
 def training_input(kind, features):
@@ -161,40 +161,46 @@ def test_hybrid_reads_the_words(features):
     and a hybrid head beats neither input's own linear model on the held-out sentences."""
     head = new_head("hybrid").fit(training_input("hybrid", features), features.train_y)
     proba = head.predict_proba(held_out_input("hybrid", features))
-    shuffled = TextFeatures(features.test_X, features.test_text[::-1])
+    shuffled = TextFeatures.of(features.test_X, features.test_text[::-1])
     assert np.abs(head.predict_proba(shuffled) - proba).max() > 0.05
     predicted = np.asarray(head.classes_)[proba.argmax(axis=1)]
     assert float(np.mean(predicted == np.asarray(features.test_y))) >= 0.95
-    assert len(head.to_state().config["ngrams"]) == head.ngram_coef_.shape[1] <= 4000
+    assert head.to_state().tensors["ngram_coef"].shape == (8, 4096)  # 8 labels x hash buckets
 
 
 def test_hybrid_refuses_bare_features_and_mismatched_texts(features):
     with pytest.raises(TrainingDataError, match="features with their texts, not ndarray"):
         new_head("hybrid").fit(features.train_X, features.train_y)
     with pytest.raises(TrainingDataError, match="96 feature rows but 95 texts"):
-        TextFeatures(features.train_X, features.train_text[:-1])
+        TextFeatures.of(features.train_X, features.train_text[:-1])
 
 
-def test_hybrid_state_with_wrong_vocabulary_is_refused(features):
+def test_hybrid_state_of_the_wrong_shape_is_refused(features):
     state = new_head("hybrid").fit(training_input("hybrid", features), features.train_y).to_state()
-    short = {**state.config, "ngrams": state.config["ngrams"][:-1]}
+    narrow = {**state.tensors, "ngram_coef": state.tensors["ngram_coef"][:, :100]}
     with pytest.raises(HeadStateError, match="'ngram_coef' does not match"):
-        head_from_state(HeadState(short, state.tensors))
-    repeated = {**state.config, "ngrams": ["ab", *state.config["ngrams"][:-1]]}
-    repeated["ngrams"][1] = "ab"
-    with pytest.raises(HeadStateError, match="n-grams repeat"):
-        head_from_state(HeadState(repeated, state.tensors))
+        head_from_state(HeadState(state.config, narrow))
+    fewer = {**state.config, "classes": state.config["classes"][:-1]}
+    with pytest.raises(HeadStateError, match="'coef' does not match"):
+        head_from_state(HeadState(fewer, state.tensors))
 
 
-def test_hybrid_refuses_texts_without_words(features):
-    blank = TextFeatures(features.train_X[:4], [" ", "\t", "  ", "\n"])
-    with pytest.raises(TrainingDataError, match="no words in the examples' texts"):
-        new_head("hybrid").fit(blank, ["a", "b", "a", "b"])
+def test_hybrid_texts_without_n_grams_leave_the_sentence_side_to_decide(features):
+    head = new_head("hybrid").fit(training_input("hybrid", features), features.train_y)
+    blank = TextFeatures.of(features.test_X, [" "] * len(features.test_X))
+    predicted = np.asarray(head.classes_)[head.predict_proba(blank).argmax(axis=1)]
+    assert float(np.mean(predicted == np.asarray(features.test_y))) >= 0.9
+
+
+def test_hybrid_names_itself_when_one_label_is_too_few(features):
+    one = TextFeatures.of(features.train_X[:3], features.train_text[:3])
+    with pytest.raises(TrainingDataError, match="a hybrid head needs at least 2 distinct labels"):
+        new_head("hybrid").fit(one, ["x", "x", "x"])
 
 
 def test_hybrid_learns_two_labels(features):
     pick = [i for i, y in enumerate(features.train_y) if y in ("card_arrival", "exchange_rate")]
-    data = TextFeatures(features.train_X[pick], [features.train_text[i] for i in pick])
+    data = TextFeatures.of(features.train_X[pick], [features.train_text[i] for i in pick])
     head = new_head("hybrid").fit(data, [features.train_y[i] for i in pick])
     assert head.ngram_coef_.shape[0] == head.sentence_.coef_.shape[0] == 2
     predicted = np.asarray(head.classes_)[head.predict_proba(data).argmax(axis=1)]

@@ -77,13 +77,13 @@ def test_cancel_stops_a_queued_or_running_job_and_refuses_a_finished_one(engine)
     cancelled = jobs_.cancel("acme", running.id)
     assert (cancelled.status, cancelled.phase) == ("cancelled", "embedding")
     assert not jobs_.record_progress(running.id, "embedding", 0.9)  # the runner's stop signal
-    with pytest.raises(JobFinished, match="already cancelled"):
+    with pytest.raises(JobFinished, match=r"has finished \(cancelled\)"):
         jobs_.cancel("acme", running.id)
 
     finished = jobs_.create("acme", "c", "linear", REQUEST)
     jobs_.start(finished.id, "embedding")
     jobs_.succeed(finished.id, 1, {})
-    with pytest.raises(JobFinished, match="already succeeded"):
+    with pytest.raises(JobFinished, match=r"has finished \(succeeded\)"):
         jobs_.cancel("acme", finished.id)
 
 

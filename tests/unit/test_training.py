@@ -48,7 +48,7 @@ def test_auto_abstention_refuses_unseen_intents_and_answers_known_ones(features,
     with_texts = kind == "hybrid"  # its holdout rounds pick rows by a boolean mask
     head, report = fit_head(
         kind,
-        TextFeatures(features.train_X[keep], texts) if with_texts else features.train_X[keep],
+        TextFeatures.of(features.train_X[keep], texts) if with_texts else features.train_X[keep],
         [features.train_y[i] for i in keep],
         texts,
         abstain="auto",
@@ -56,7 +56,7 @@ def test_auto_abstention_refuses_unseen_intents_and_answers_known_ones(features,
     assert report.abstain is not None
     assert 0.0 < head.abstain_threshold_ < 1.0
     assert report.abstain["threshold"] == round(head.abstain_threshold_, 6)
-    test = TextFeatures(features.test_X, features.test_text) if with_texts else features.test_X
+    test = TextFeatures.of(features.test_X, features.test_text) if with_texts else features.test_X
     proba = head.predict_proba(test)
     top = proba.max(axis=1)
     unseen = np.isin(features.test_y, list(HELD_OUT))

@@ -78,7 +78,8 @@ def test_a_hybrid_set_keeps_its_texts_exactly():
     back = TrainingSet.from_bytes(stored.to_bytes())
     assert back.texts == texts
     learns_from = back.with_texts()
-    assert learns_from.texts == texts and learns_from.features.shape == (4, 4)
+    assert learns_from.features.shape == (4, 4) and learns_from.ngrams.shape == (4, 4096)
+    assert learns_from.ngrams[1].nnz == 0 < learns_from.ngrams[0].nnz  # "" has no n-grams
 
 
 def test_a_hybrid_head_cannot_grow_from_a_set_without_texts():
@@ -87,5 +88,5 @@ def test_a_hybrid_head_cannot_grow_from_a_set_without_texts():
     assert hybrid.extended(hybrid).texts == ["x", "x"]
     assert hybrid.extended(plain).texts is None  # a linear head may still grow from it
     with pytest.raises(InvalidExamples, match="kept no texts") as refused:
-        plain.extended(hybrid).with_texts()
+        plain.extended(hybrid).kept_texts()
     assert refused.value.field == "base_version"
