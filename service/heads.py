@@ -193,7 +193,7 @@ class HeadService:
         self.limits.check_examples(texts, labels)
         if base is not None:
             self.limits.check_training_set(
-                len(base) + len(texts), base.labels + list(labels), "examples"
+                len(base) + len(texts), base.labels + list(labels), "examples", with_base=True
             )
         tuned = kind in HEAD_KINDS and HEAD_KINDS[kind].takes_token_states
         with_texts = kind in HEAD_KINDS and HEAD_KINDS[kind].takes_texts

@@ -28,16 +28,23 @@ class Limits:
         self.check_training_set(len(texts), labels, field)
         self._check_text_lengths(texts, field, suffix=".text")
 
-    def check_training_set(self, n_examples: int, labels: Sequence[Any], field: str) -> None:
+    def check_training_set(
+        self, n_examples: int, labels: Sequence[Any], field: str, *, with_base: bool = False
+    ) -> None:
         """Examples and distinct labels (a multilabel example's tuple counts each label)."""
+        whose = ", the base version's and these," if with_base else ""
         self._check_count(
-            n_examples, self.settings.max_examples, "GRAFT_MAX_EXAMPLES", field, "examples"
+            n_examples, self.settings.max_examples, "GRAFT_MAX_EXAMPLES", field, f"examples{whose}"
         )
         distinct = {
             one for label in labels for one in (label if isinstance(label, tuple) else (label,))
         }
         self._check_count(
-            len(distinct), self.settings.max_labels, "GRAFT_MAX_LABELS", field, "distinct labels"
+            len(distinct),
+            self.settings.max_labels,
+            "GRAFT_MAX_LABELS",
+            field,
+            f"distinct labels{whose}",
         )
 
     @staticmethod

@@ -149,3 +149,30 @@ def test_versions_kept_per_head(small):
         client.post("/v1/heads/train", json={"head": "h", "examples": examples(2)}, headers=tenant)
     head = client.post("/v1/heads/get", json={"head": "h"}, headers=tenant).json()
     assert [v["version"] for v in head["versions"]] == [3, 5, 6]  # aliased versions are kept
+
+
+def test_a_base_version_counts_towards_the_examples_limit(small):
+    client, home = small
+    tenant = {"X-Tenant-ID": "grower"}
+    first = client.post(
+        "/v1/heads/train", json={"head": "grows", "examples": examples(3, 4)}, headers=tenant
+    )
+    assert first.status_code == 200, first.text  # 12 examples: at the limit
+    before = registry_snapshot(home)
+    grown = client.post(
+        "/v1/heads/train",
+        json={"head": "grows", "examples": examples(3, 2), "base_version": 1},
+        headers=tenant,
+    )
+    assert grown.status_code == 400
+    error = grown.json()["error"]
+    assert (error["code"], error["limit"], error["value"]) == (
+        "limit_exceeded",
+        "GRAFT_MAX_EXAMPLES",
+        12,
+    )
+    assert error["message"] == (
+        "18 examples, the base version's and these, in one call; the limit (GRAFT_MAX_EXAMPLES) "
+        "is 12"
+    )
+    assert registry_snapshot(home) == before
