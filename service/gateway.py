@@ -156,7 +156,10 @@ class Gateway:
 
 
 def _head_named_in(body: bytes) -> str | None:
-    """The head a refused body names, if it is JSON naming one by a valid name."""
+    """The head a refused body names, if it is JSON naming one by a valid name (bodies over
+    64 KB are not parsed a second time on the event loop just for the log)."""
+    if len(body) > 65536:
+        return None
     try:
         head = json.loads(body).get("head")
     except (ValueError, AttributeError):  # not JSON, or not an object
