@@ -162,7 +162,7 @@ def _head_named_in(body: bytes) -> str | None:
         return None
     try:
         head = json.loads(body).get("head")
-    except (ValueError, AttributeError):  # not JSON, or not an object
+    except (ValueError, AttributeError, RecursionError):  # not JSON, not an object, too deep
         return None
     return head if isinstance(head, str) and re.fullmatch(NAME_PATTERN, head) else None
 
