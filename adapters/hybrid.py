@@ -126,7 +126,7 @@ class HybridHead(Head):
         return data
 
     def _proba(self, X: TextFeatures) -> np.ndarray:
-        sentence = X.features @ self.sentence_.coef_.T + self.sentence_.intercept_
+        sentence = self.sentence_.logits(X.features)
         weighted = self.weighting_.transform(X.ngrams)
         ngrams = weighted @ self.ngram_coef_.T + self.ngram_intercept_
         logits = log_softmax(sentence, axis=1) + self.ngram_weight * log_softmax(ngrams, axis=1)

@@ -47,9 +47,12 @@ class LinearHead(Head):
         self.n_features_in_ = features.shape[1]
         return self
 
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        """Unnormalised log-probabilities (before the temperature): what a hybrid head adds to."""
+        return X @ self.coef_.T + self.intercept_
+
     def _proba(self, X: np.ndarray) -> np.ndarray:
-        logits = X @ self.coef_.T + self.intercept_
-        return np.asarray(softmax(logits, axis=1), dtype=np.float32)
+        return np.asarray(softmax(self.logits(X), axis=1), dtype=np.float32)
 
     def _state(self) -> HeadState:
         config: dict[str, Any] = {
