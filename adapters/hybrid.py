@@ -29,10 +29,13 @@ from threadpoolctl import threadpool_limits
 
 from adapters.base import Head, HeadState, HeadStateError, TrainingDataError, as_features
 from adapters.linear import LinearHead
+from adapters.stopping import checkpoint
 
 #: Hash buckets of the character n-grams. On banking77 (5 and 10 shots) 4,096 buckets score
 #: within 0.15 points of a 4,000-n-gram vocabulary and of 16,384 buckets.
 NGRAM_BUCKETS = 4096
+#: Texts counted between two stop checks: well under a second of counting.
+COUNT_CHUNK = 1000
 #: Character 2- to 5-grams within word boundaries (scikit-learn's ``char_wb``), raw counts: the
 #: TF-IDF weighting is learnt from each head's own examples.
 _COUNTER = HashingVectorizer(
@@ -57,7 +60,12 @@ class TextFeatures:
         """Count the texts' n-grams (pure Python per character: run it off an event loop)."""
         if len(texts) != len(features):
             raise TrainingDataError(f"got {len(features)} feature rows but {len(texts)} texts")
-        return cls(features, sparse.csr_matrix(_COUNTER.transform([str(t) for t in texts])))
+        counted = []
+        # In chunks, so that a cancelled training stops between two (a large set takes seconds).
+        for start in range(0, max(len(texts), 1), COUNT_CHUNK):
+            checkpoint()
+            counted.append(_COUNTER.transform([str(t) for t in texts[start : start + COUNT_CHUNK]]))
+        return cls(features, sparse.vstack(counted, format="csr"))
 
     def __len__(self) -> int:
         return int(self.ngrams.shape[0])

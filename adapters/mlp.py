@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from adapters.base import Head, HeadState, HeadStateError
+from adapters.stopping import checkpoint
 
 
 def _network(n_features: int, hidden: int, n_classes: int, dropout: float) -> nn.Sequential:
@@ -57,6 +58,7 @@ class MLPHead(Head):
         batch = 128
         network.train()
         for _ in range(self.epochs):
+            checkpoint()
             order = torch.randperm(len(inputs), generator=generator)
             for start in range(0, len(inputs), batch):
                 rows = order[start : start + batch]

@@ -21,6 +21,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from adapters.base import Head, tempered
 from adapters.hybrid import TextFeatures
+from adapters.stopping import checkpoint
 from adapters.tuned import TokenStates
 
 #: At most this many folds: more would cost time for little better an estimate.
@@ -82,6 +83,7 @@ def cross_validate(
     proba = np.zeros((len(y), len(classes)), dtype=np.float32)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
     for train, test in splitter.split(np.zeros(len(y)), y):
+        checkpoint()
         head = make().fit(X[train], y[train])
         columns = [classes.index(c) for c in head.classes_]
         proba[np.ix_(test, columns)] = head.predict_proba(X[test])
@@ -163,6 +165,7 @@ def _unseen_label_confidences(
     found = []
     # At most a third of the labels out per round, so at least two are left to train on.
     for held in np.array_split(shuffled, min(HOLDOUT_ROUNDS, len(classes))):
+        checkpoint()
         unseen = np.isin(y, held)
         head = make().fit(X[~unseen], y[~unseen])
         # The holdout heads are not calibrated on their own: the full head's temperature is.

@@ -25,6 +25,7 @@ from adapters.selection import (
     fit_temperature,
     n_folds,
 )
+from adapters.stopping import StopCheck, checkpoint, stoppable
 
 #: A label with this many times fewer examples than the largest one is called imbalanced.
 IMBALANCE_RATIO = 3.0
@@ -125,6 +126,7 @@ def fit_head(
     *,
     abstain: Abstain = False,
     budget_s: float = 5.0,
+    should_stop: StopCheck | None = None,
 ) -> tuple[Head, TrainingReport]:
     """Fit a head of ``kind`` (or the best kind, for ``"auto"``) and report on it.
 
@@ -132,7 +134,21 @@ def fit_head(
     :class:`TextFeatures` for ``hybrid``. ``labels`` are
     strings, or lists of strings for ``multilabel``; ``inputs`` (texts, image
     hashes) only feed the warnings. ``budget_s`` bounds the time ``auto`` spends comparing.
+    ``should_stop`` is asked between the fit's steps; once it answers True the fit raises
+    :class:`~adapters.stopping.FitStopped`.
     """
+    with stoppable(should_stop):
+        return _fit_head(kind, features, labels, inputs, abstain, budget_s)
+
+
+def _fit_head(
+    kind: str,
+    features: Features,
+    labels: Sequence[Any],
+    inputs: Sequence[Hashable],
+    abstain: Abstain,
+    budget_s: float,
+) -> tuple[Head, TrainingReport]:
     started = time.perf_counter()
     form, described = _input_form(kind)
     if not isinstance(features, form):
@@ -156,6 +172,7 @@ def fit_head(
     else:  # nothing to cross-validate on: the kind's defaults (auto: the default kind's)
         chosen_kind, params = (AUTO_DEFAULT if kind == "auto" else kind), {}
     make = _factory(chosen_kind, params)
+    checkpoint()
     head = make().fit(features, y)
     temperature = fit_temperature(best, y) if best and chosen_kind != "prototype" else 1.0
     head.temperature_ = temperature

@@ -22,6 +22,7 @@ from torch import nn
 
 from adapters.base import Head, HeadState, HeadStateError, TrainingDataError, as_labels
 from adapters.linear import LinearHead
+from adapters.stopping import checkpoint
 
 #: Prefix of the layer's tensors in a tuned head's saved state.
 LAYER_PREFIX = "layer."
@@ -214,6 +215,7 @@ class TunedHead(Head):
         mixed = _mixed(self.precision)
         network.train()
         for _ in range(self.epochs):
+            checkpoint()
             for rows in _batches(lengths.numpy(), self.batch, rng):
                 picked = torch.from_numpy(rows)
                 longest = int(lengths[picked].max())

@@ -7,6 +7,7 @@ process. Blocking work (SQL, fitting) runs in worker threads so the event loop k
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from adapters import (
 )
 from adapters.evaluation import Evaluation, check_truth, evaluate_head
 from adapters.selection import Features
+from adapters.stopping import FitStopped, stoppable
 from adapters.training import Abstain, TrainingReport, fit_head
 from service import metrics
 from service.backbone_process import SharedBackbone
@@ -48,6 +50,8 @@ from service.settings import Settings
 from service.training_data import TrainingSet, training_set
 
 T = TypeVar("T")
+
+log = logging.getLogger("graft.training")
 
 
 @dataclass(frozen=True)
@@ -221,18 +225,31 @@ class HeadService:
                 self.limits.check_token_states(n_inputs, longest, "base_version")
             data = data.with_top(top)
 
+        # A cancelled job's fit stops at its next step, and gives the job slot back.
+        should_stop = progress.stopped if progress is not None else None
+
         def fit_on_a_worker() -> tuple[Head, TrainingReport]:
             # A hybrid head's n-grams are counted here too, off the event loop.
-            learns_from = data.with_texts() if with_texts else data.features
+            with stoppable(should_stop):
+                learns_from = data.with_texts() if with_texts else data.features
             budget_s = self.settings.auto_budget_s
             return fit_head(
-                kind, learns_from, data.labels, data.digests, abstain=abstain, budget_s=budget_s
+                kind,
+                learns_from,
+                data.labels,
+                data.digests,
+                abstain=abstain,
+                budget_s=budget_s,
+                should_stop=should_stop,
             )
 
         try:
             head, report = await anyio.to_thread.run_sync(fit_on_a_worker)
         except TrainingDataError as exc:
             raise InvalidExamples(str(exc), field="examples") from exc
+        except FitStopped as exc:
+            log.info("training stopped part-way through fitting", extra={"kind": kind})
+            raise TrainingStopped() from exc
         return head, report, data
 
     async def _embed_reporting(

@@ -43,6 +43,8 @@ RETENTION = timedelta(days=7)
 #: Least time between two progress writes of one job; between them, each checkpoint checks for
 #: a cancel with a read (no write lock), so a cancel from any process stops the next chunk.
 PROGRESS_INTERVAL_S = 0.5
+#: While a head is fitted, least time between two reads of whether its job was cancelled.
+STOP_READ_INTERVAL_S = 1.0
 
 Training = Callable[[TrainingProgress], Awaitable[TrainResponse]]
 
@@ -173,6 +175,7 @@ class _JobProgress:
         self.runner = runner
         self.job_id = job_id
         self._last_write = 0.0
+        self._last_read = 0.0
 
     async def embedded(self, done: int, total: int) -> None:
         self._stop_if_cancelled_here()
@@ -186,6 +189,21 @@ class _JobProgress:
     async def phase(self, name: str) -> None:
         self._stop_if_cancelled_here()
         await self._record(name, 0.0)
+
+    def stopped(self) -> bool:
+        # Asked often, on the fitting thread: a cancel that reached this process is a set
+        # lookup; one that reached another process or replica costs a read, so one a second.
+        if self.job_id in self.runner._stopping:
+            return True
+        now = time.monotonic()
+        if now - self._last_read < STOP_READ_INTERVAL_S:
+            return False
+        self._last_read = now
+        try:
+            return not self.runner.store.is_running(self.job_id)
+        except Exception:  # a database hiccup must not fail the fit; the next read may tell
+            log.warning("could not read whether job %s was cancelled", self.job_id, exc_info=True)
+            return False
 
     def _stop_if_cancelled_here(self) -> None:
         if self.job_id in self.runner._stopping:

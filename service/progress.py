@@ -3,7 +3,8 @@
 ``HeadService.train`` calls these hooks at its checkpoints (after each chunk of examples is
 embedded, and when it moves on to fitting and to registering); a training job's hooks write the
 progress to the job's row and raise :class:`TrainingStopped` once the job has been cancelled, so
-the training ends at the next checkpoint and never registers a version.
+the training ends at the next checkpoint and never registers a version. While the head is
+fitted, the fit asks :meth:`TrainingProgress.stopped` between its steps (folds, epochs).
 """
 
 from __future__ import annotations
@@ -25,3 +26,6 @@ class TrainingProgress(Protocol):
 
     async def phase(self, name: str) -> None:
         """The training enters phase ``name`` (fitting, registering); may raise TrainingStopped."""
+
+    def stopped(self) -> bool:
+        """Whether the training should stop now: asked on the fitting thread between its steps."""

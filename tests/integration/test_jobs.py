@@ -160,6 +160,29 @@ def test_cancel_stops_running_and_queued_jobs_and_registers_nothing(client):
         assert missing.json()["error"]["code"] == "head_not_found"
 
 
+def test_cancel_during_fitting_stops_the_fit_itself(client):
+    """The fit stops at its next step (a fold, an epoch), not when it would have ended."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("graft.training").addHandler(handler)
+    try:
+        body = {"head": "long-fit", "kind": "tuned", "examples": banking_examples(600)}
+        job = post(client, "/v1/jobs/train", body).json()["job"]
+        wait_for(client, job, lambda s: s["progress"]["phase"] == "fitting")
+        assert post(client, "/v1/jobs/cancel", {"job": job}).json()["status"] == "cancelled"
+        deadline = time.monotonic() + 60
+        while not any(r.getMessage().startswith("training stopped part-way") for r in records):
+            assert time.monotonic() < deadline, "the fit ran on after its job was cancelled"
+            time.sleep(0.05)
+    finally:
+        logging.getLogger("graft.training").removeHandler(handler)
+    assert [getattr(r, "kind", None) for r in records] == ["tuned"]
+    assert wait_for(client, job)["status"] == "cancelled"
+    missing = post(client, "/v1/heads/get", {"head": "long-fit"})
+    assert missing.json()["error"]["code"] == "head_not_found"
+
+
 def test_payload_logging_puts_bodies_in_the_access_log_when_enabled(client):
     records: list[logging.LogRecord] = []
     handler = logging.Handler()

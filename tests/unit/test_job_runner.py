@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 
+import anyio
 import pytest
 
 from service.database import create_registry_engine, upgrade_schema
@@ -95,6 +97,46 @@ def test_cancel_stops_at_the_next_checkpoint_and_never_registers(runner):
     state = runner.store.get("acme", job.id)
     assert (state.status, state.phase, state.version) == ("cancelled", "embedding", None)
     assert seen == [1, 2]  # the second checkpoint saw the cancel: no third chunk
+
+
+def fitting_until_stopped(steps: list[int]):
+    """A training whose fit, on a worker thread as a real one runs, steps until told to stop
+    (it would take 20 minutes otherwise)."""
+
+    async def train(progress: TrainingProgress) -> TrainResponse:
+        await progress.phase("fitting")
+
+        def fit() -> None:
+            for step in range(1, 120_001):
+                if progress.stopped():
+                    return
+                steps.append(step)
+                time.sleep(0.01)
+
+        await anyio.to_thread.run_sync(fit)
+        await progress.phase("registering")
+        raise AssertionError("a stopped fit went on to register")
+
+    return train
+
+
+@pytest.mark.parametrize("where", ["this process", "another process"])
+def test_a_cancel_reaches_a_fit_between_its_steps(runner, where):
+    steps: list[int] = []
+
+    async def scenario():
+        job = await runner.submit("acme", "h", "linear", {}, fitting_until_stopped(steps))
+        await until(lambda: len(steps) >= 3)
+        runner.store.cancel("acme", job.id)
+        if where == "this process":
+            runner.stop_local(job.id)
+        await until(lambda: not runner._tasks)
+        return job
+
+    job = asyncio.run(scenario())
+    state = runner.store.get("acme", job.id)
+    assert (state.status, state.phase, state.version) == ("cancelled", "fitting", None)
+    assert len(steps) < 120_000
 
 
 def test_a_refusal_fails_the_job_with_its_code(runner):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from adapters import HeadState, TextFeatures, TrainingDataError, head_from_state
+from adapters import HeadState, MLPHead, TextFeatures, TrainingDataError, head_from_state
 from adapters.evaluation import evaluate_head, expected_calibration_error
+from adapters.stopping import FitStopped, stoppable
 from adapters.training import CANDIDATES, fit_head
 
 HELD_OUT = {"age_limit", "change_pin"}  # two intents the abstention tests never teach
@@ -222,3 +225,40 @@ def test_auto_foresees_a_slow_kind_past_its_budget():
     assert not _would_overrun(done, "linear", now, budget_s=5.0)
     assert _would_overrun(done, "mlp", now, budget_s=5.0)  # foreseen 8 s
     assert not _would_overrun(done, "mlp", now, budget_s=60.0)
+
+
+def counting_check(stop_at: int) -> tuple[list[int], Callable[[], bool]]:
+    """A stop check that answers True on its ``stop_at``-th call, and the calls it heard."""
+    asked: list[int] = []
+
+    def check() -> bool:
+        asked.append(len(asked) + 1)
+        return len(asked) >= stop_at
+
+    return asked, check
+
+
+def test_a_fit_stops_at_the_step_after_its_check_says_so(features):
+    asked, check = counting_check(stop_at=3)
+    with pytest.raises(FitStopped):
+        fit(features, should_stop=check)
+    assert asked == [1, 2, 3]  # asked before each CV fold: the third fold never ran
+
+
+def test_an_mlp_stops_between_epochs():
+    X = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    y = ["a", "b"] * 20
+    asked, check = counting_check(stop_at=6)
+    with stoppable(check), pytest.raises(FitStopped):
+        MLPHead(epochs=10_000).fit(X, y)
+    assert len(asked) == 6
+
+
+def test_a_check_that_never_stops_changes_nothing(features):
+    head, report = fit(features)
+    asked, check = counting_check(stop_at=10**9)
+    checked, checked_report = fit(features, should_stop=check)
+    # Every fold of every candidate asked, and once before the final fit.
+    assert len(asked) == report.cv_folds * len(CANDIDATES["linear"]) + 1
+    assert np.array_equal(head.coef_, checked.coef_)
+    assert checked_report.cv_accuracy == report.cv_accuracy
