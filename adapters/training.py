@@ -208,9 +208,9 @@ def _choose(kind: str, candidates: list[CVResult], n_examples: int) -> CVResult 
     """The best candidate; for ``auto``, the default kind unless another clearly beats it.
 
     "Clearly" is by more than one standard error of the default's CV accuracy. The folds
-    train on two thirds of the examples, which flatters the kinds that need fewer: at 5 shots
-    on banking77 ``prototype`` often tied or led ``linear`` by a sentence or two in CV and then
-    lost by 2 to 5 points on the test split (bench/RESULTS-quality.md)."""
+    train on fewer examples than the final head, which flatters the kinds that need fewer: at
+    5 shots on banking77, with 3 folds, ``prototype`` often tied or led ``linear`` by a sentence
+    or two in CV and then lost by 2 to 5 points on the test split (bench/RESULTS-quality.md)."""
     if not candidates:
         return None
     best = max(candidates, key=_merit)
