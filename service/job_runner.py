@@ -65,6 +65,8 @@ class JobRunner:
         self.max_queued = max_queued
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping: set[str] = set()  # cancelled through this process: stop at once
+        self._started: set[str] = set()  # holding the one-job slot; the others wait for it
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._one_at_a_time: asyncio.Semaphore | None = None
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._maintain, name="graft-jobs", daemon=True)
@@ -92,15 +94,26 @@ class JobRunner:
                 "running (GRAFT_MAX_QUEUED_JOBS); retry later"
             )
         job = await anyio.to_thread.run_sync(self.store.create, tenant, head, kind, request)
-        task = asyncio.get_running_loop().create_task(self._run(job, train), name=f"job-{job.id}")
+        self._loop = asyncio.get_running_loop()
+        task = self._loop.create_task(self._run(job, train), name=f"job-{job.id}")
         self._tasks[job.id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
+        task.add_done_callback(lambda _: self._forget(job.id))
         return job
 
     def stop_local(self, job_id: str) -> None:
-        """A cancel that reached the job's own process: stop at the next checkpoint."""
-        if job_id in self._tasks:
-            self._stopping.add(job_id)
+        """A cancel of a job this process holds: a running one stops at its next checkpoint; a
+        queued one at once, so that it gives its place in the queue back."""
+        task = self._tasks.get(job_id)
+        if task is None:
+            return
+        self._stopping.add(job_id)
+        if job_id not in self._started:
+            task.cancel()
+
+    def _forget(self, job_id: str) -> None:
+        self._tasks.pop(job_id, None)
+        self._stopping.discard(job_id)
+        self._started.discard(job_id)
 
     async def _run(self, job: JobInfo, train: Training) -> None:
         started = time.perf_counter()
@@ -109,6 +122,7 @@ class JobRunner:
             if self._one_at_a_time is None:
                 self._one_at_a_time = asyncio.Semaphore(1)
             async with self._one_at_a_time:
+                self._started.add(job.id)  # before any await: stop_local no longer cancels it
                 if job.id in self._stopping or not await anyio.to_thread.run_sync(
                     self.store.start, job.id, "embedding"
                 ):
@@ -121,6 +135,10 @@ class JobRunner:
             status = SUCCEEDED
         except TrainingStopped:
             status = CANCELLED
+        except asyncio.CancelledError:
+            if job.id not in self._stopping:
+                raise  # not a cancelled job: the event loop itself is shutting down
+            status = CANCELLED  # cancelled while queued
         except GraftError as exc:  # the caller's data or a limit: the job says which
             error = exc.code
             await self._fail(job.id, exc.code, exc.message)
@@ -131,7 +149,6 @@ class JobRunner:
                 job.id, INTERNAL, "the training failed on the server; the server log has details"
             )
         finally:
-            self._stopping.discard(job.id)
             metrics.JOBS.labels(status).inc()
             log.info(
                 "job finished",
@@ -154,14 +171,25 @@ class JobRunner:
         except Exception:  # the row stays active, unbeaten: a sweep fails it soon
             log.exception("could not record a failed job", extra={"job": job_id})
 
+    def _stop_queued_jobs_cancelled_elsewhere(self, held: list[str]) -> None:
+        """A queued job cancelled through another process or replica gives its place back
+        within a heartbeat (a running one reads its cancel at its own checkpoints)."""
+        queued = [job_id for job_id in held if job_id not in self._started]
+        loop = self._loop
+        if not queued or loop is None or loop.is_closed():
+            return
+        for job_id in self.store.inactive(queued):
+            loop.call_soon_threadsafe(self.stop_local, job_id)
+
     def _maintain(self) -> None:
         beats = 0
         while not self._closed.wait(self.heartbeat_seconds):
             beats += 1
             try:
-                running_here = list(self._tasks)  # a copy: the event loop changes the dict
-                if running_here:
-                    self.store.beat(running_here)
+                held = list(self._tasks)  # a copy: the event loop changes the dict
+                if held:
+                    self.store.beat(held)
+                    self._stop_queued_jobs_cancelled_elsewhere(held)
                 if beats % SWEEP_BEATS == 0:
                     self.store.fail_stale()
             except Exception:  # a database hiccup must not end the heartbeat

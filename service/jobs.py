@@ -162,6 +162,14 @@ class JobStore:
             .values(heartbeat_at=utcnow())
         )
 
+    def inactive(self, job_ids: Collection[str]) -> set[str]:
+        """Those of ``job_ids`` that are no longer queued or running (cancelled, or finished)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(jobs.c.id).where(jobs.c.id.in_(list(job_ids)), jobs.c.status.not_in(ACTIVE))
+            )
+            return {row.id for row in rows}
+
     def fail_own(self, message: str) -> int:
         """At shutdown: this owner's unfinished jobs cannot finish any more."""
         return self._execute(

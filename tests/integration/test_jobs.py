@@ -143,19 +143,23 @@ def test_cancel_stops_running_and_queued_jobs_and_registers_nothing(client):
 
     assert post(client, "/v1/jobs/get", {"job": queued}).json()["status"] == "queued"
     assert post(client, "/v1/jobs/cancel", {"job": queued}).json()["status"] == "cancelled"
+    # The cancelled job gave its place in the queue back: another is taken at once.
+    again = post(client, "/v1/jobs/train", {**body, "head": "slowest"})
+    assert again.status_code == 200, again.text
+    assert post(client, "/v1/jobs/cancel", {"job": again.json()["job"]}).status_code == 200
     midway = wait_for(client, running, lambda s: s["progress"]["fraction"] > 0)
     assert (midway["status"], midway["progress"]["phase"]) == ("running", "embedding")
     stopped = post(client, "/v1/jobs/cancel", {"job": running})
     assert stopped.json()["status"] == "cancelled"
 
-    deadline = time.monotonic() + 60  # both runner tasks end (the queued one never starts)
-    while jobs_total("cancelled") < cancelled_before + 2:
+    deadline = time.monotonic() + 60  # all runner tasks end (the queued ones never start)
+    while jobs_total("cancelled") < cancelled_before + 3:
         assert time.monotonic() < deadline
         time.sleep(0.1)
     final = post(client, "/v1/jobs/get", {"job": running}).json()
     assert final["status"] == "cancelled"
     assert final["progress"]["fraction"] < 1.0  # it stopped embedding, did not finish
-    for head in ("slow", "slower"):
+    for head in ("slow", "slower", "slowest"):
         missing = post(client, "/v1/heads/get", {"head": head})
         assert missing.json()["error"]["code"] == "head_not_found"
 

@@ -99,6 +99,32 @@ def test_cancel_stops_at_the_next_checkpoint_and_never_registers(runner):
     assert seen == [1, 2]  # the second checkpoint saw the cancel: no third chunk
 
 
+@pytest.mark.parametrize("where", ["this process", "another process"])
+def test_a_queued_job_that_is_cancelled_gives_its_place_back_at_once(runner, where):
+    async def scenario():
+        gate = asyncio.Event()
+        first = await runner.submit("acme", "h", "linear", {}, training(2, gate=gate))
+        queued = await runner.submit("acme", "h", "linear", {}, training(1))
+        with pytest.raises(Unavailable):  # max_queued=2
+            await runner.submit("acme", "h", "linear", {}, training(1))
+        runner.store.cancel("acme", queued.id)
+        if where == "this process":
+            runner.stop_local(queued.id)
+        # Another process's cancel is read by the heartbeat (every 0.05 s here).
+        await until(lambda: queued.id not in runner._tasks)
+        assert runner.store.get("acme", first.id).status == "running"  # still holds the slot
+        third = await runner.submit("acme", "h", "linear", {}, training(1))
+        while first.id in runner._tasks:
+            gate.set()
+            await asyncio.sleep(0.01)
+        await until(lambda: not runner._tasks)
+        return first, queued, third
+
+    first, queued, third = asyncio.run(scenario())
+    statuses = [runner.store.get("acme", job.id).status for job in (first, queued, third)]
+    assert statuses == ["succeeded", "cancelled", "succeeded"]
+
+
 def fitting_until_stopped(steps: list[int]):
     """A training whose fit, on a worker thread as a real one runs, steps until told to stop
     (it would take 20 minutes otherwise)."""
