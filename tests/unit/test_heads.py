@@ -15,6 +15,8 @@ from adapters import (
     new_head,
 )
 from adapters.base import HeadStateError
+from adapters.hybrid import _COUNTER, NGRAM_BUCKETS
+from adapters.stopping import FitStopped, stoppable
 
 #: The kinds that read pooled features (hybrid heads with their texts); tuned heads read token
 #: states (tests/unit/test_tuned.py).
@@ -205,3 +207,23 @@ def test_hybrid_learns_two_labels(features):
     assert head.ngram_coef_.shape[0] == head.sentence_.coef_.shape[0] == 2
     predicted = np.asarray(head.classes_)[head.predict_proba(data).argmax(axis=1)]
     assert (predicted == np.asarray([features.train_y[i] for i in pick])).all()
+
+
+def test_long_texts_are_counted_in_chunks_that_a_cancel_can_stop_between():
+    """1,000 texts of 9,900 characters: about 10 s of counting, in 20 chunks of 500,000."""
+    texts = [("Where is my card? " * 550)[: 9_900 - i] for i in range(1_000)]
+    features = np.zeros((len(texts), 4), dtype=np.float32)
+    asked: list[int] = []
+
+    def stop_at_the_third_chunk() -> bool:
+        asked.append(1)
+        return len(asked) == 3
+
+    with stoppable(stop_at_the_third_chunk), pytest.raises(FitStopped):
+        TextFeatures.of(features, texts)
+    assert len(asked) == 3
+
+    few = [*texts[:120], "short", ""]  # three chunks, counted as one pass would count them
+    counted = TextFeatures.of(features[: len(few)], few).ngrams
+    assert counted.shape == (len(few), NGRAM_BUCKETS)
+    assert (counted != _COUNTER.transform(few)).nnz == 0
