@@ -75,6 +75,16 @@ def n_folds(labels: Sequence[str], n_examples: int) -> int:
     return min(MAX_FOLDS, smallest) if smallest >= 2 else 0
 
 
+def why_no_folds(labels: Sequence[str], n_examples: int) -> str:
+    """Why :func:`n_folds` gives 0 for these labels, in words a caller can act on."""
+    if n_examples > MAX_CV_EXAMPLES:
+        return f"which Graft skips above {MAX_CV_EXAMPLES:,} examples (this set has {n_examples:,})"
+    single = sorted(label for label, n in Counter(labels).items() if n < 2)
+    shown = ", ".join(repr(label) for label in single[:3]) + (", ..." if len(single) > 3 else "")
+    verb = "has" if len(single) == 1 else "have"
+    return f"which needs at least 2 examples of every label ({shown} {verb} only 1)"
+
+
 def cross_validate(
     kind: str,
     params: dict[str, Any],

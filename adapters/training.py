@@ -24,6 +24,7 @@ from adapters.selection import (
     cross_validate,
     fit_temperature,
     n_folds,
+    why_no_folds,
 )
 from adapters.stopping import StopCheck, checkpoint, stoppable
 
@@ -153,18 +154,14 @@ def _fit_head(
     form, described = _input_form(kind)
     if not isinstance(features, form):
         raise TrainingDataError(f"a {kind} head learns from {described}")
+    check_abstain_option(kind, labels, abstain)
     if kind == "multilabel":
         assert isinstance(features, np.ndarray)
-        return _fit_multilabel(features, labels, inputs, abstain, started)
+        return _fit_multilabel(features, labels, inputs, started)
     if any(isinstance(label, list | tuple) for label in labels):
         raise TrainingDataError("only multilabel heads take a list of labels per example")
     y = np.asarray([str(label) for label in labels], dtype=object)
     folds = n_folds(y.tolist(), len(y))
-    if abstain == "auto" and not folds:
-        raise TrainingDataError(
-            '"abstain": "auto" calibrates on cross-validation, which needs at least 2 examples '
-            "of every label; give a threshold instead"
-        )
     candidates = _candidates(kind, features, y, folds, started, budget_s)
     best = _choose(kind, candidates, len(y))
     if best is not None:
@@ -202,6 +199,24 @@ def _fit_head(
         warnings=data_warnings(inputs, y.tolist()),
     )
     return head, report
+
+
+def check_abstain_option(kind: str, labels: Sequence[Any], abstain: Abstain) -> None:
+    """Refuse an ``abstain`` option that a training of ``kind`` on ``labels`` could not
+    honour; it needs only the labels, so a caller can ask before any embedding."""
+    if abstain is False:
+        return
+    if kind == "multilabel":
+        raise TrainingDataError(
+            "multilabel heads abstain by their per-label threshold, not an abstain option"
+        )
+    if abstain == "auto":
+        y = [str(label) for label in labels]
+        if not n_folds(y, len(y)):
+            raise TrainingDataError(
+                f'"abstain": "auto" calibrates on cross-validation, {why_no_folds(y, len(y))}; '
+                "give a threshold instead"
+            )
 
 
 def _choose(kind: str, candidates: list[CVResult], n_examples: int) -> CVResult | None:
@@ -270,13 +285,8 @@ def _fit_multilabel(
     features: np.ndarray,
     labels: Sequence[Any],
     inputs: Sequence[Hashable],
-    abstain: Abstain,
     started: float,
 ) -> tuple[Head, TrainingReport]:
-    if abstain is not False:
-        raise TrainingDataError(
-            "multilabel heads abstain by their per-label threshold, not an abstain option"
-        )
     label_sets = [tuple(sorted({str(v) for v in row})) for row in labels]
     head = HEAD_KINDS["multilabel"]().fit(features, label_sets)
     proba = head.predict_proba(features)

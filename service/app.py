@@ -207,7 +207,9 @@ class Graft:
         """Queue a training job (same body as /v1/heads/train) and answer its id at once."""
         texts = [example.input for example in request.examples]
         labels = [example.target for example in request.examples]
-        self.heads.limits.check_examples(texts, labels)  # refuse now, not as a failed job
+        await self.heads.check_training(
+            texts, labels, request.kind, request.abstain, with_base=request.base_version is not None
+        )
 
         async def run(progress: TrainingProgress) -> TrainResponse:
             return await self._train(request, caller, progress)

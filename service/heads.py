@@ -30,7 +30,7 @@ from adapters import (
 from adapters.evaluation import Evaluation, check_truth, evaluate_head
 from adapters.selection import Features
 from adapters.stopping import FitStopped, stoppable
-from adapters.training import Abstain, TrainingReport, fit_head
+from adapters.training import Abstain, TrainingReport, check_abstain_option, fit_head
 from service import metrics
 from service.backbone_process import SharedBackbone
 from service.batcher import EmbeddingBatcher
@@ -52,6 +52,13 @@ from service.training_data import TrainingSet, training_set
 T = TypeVar("T")
 
 log = logging.getLogger("graft.training")
+
+
+def _check_abstain_option(kind: str, labels: Sequence[Any], abstain: Abstain) -> None:
+    try:
+        check_abstain_option(kind, labels, abstain)
+    except TrainingDataError as exc:
+        raise InvalidExamples(str(exc), field="abstain") from exc
 
 
 @dataclass(frozen=True)
@@ -194,19 +201,17 @@ class HeadService:
         base: TrainingSet | None = None,
     ) -> tuple[Head, TrainingReport, TrainingSet]:
         """Embed and fit (on ``base``'s examples too, if given), without storing anything."""
-        self.limits.check_examples(texts, labels)
+        self._check_before_embedding(texts, labels, kind, abstain, with_base=base is not None)
         if base is not None:
             self.limits.check_training_set(
                 len(base) + len(texts), base.labels + list(labels), "examples", with_base=True
             )
+            _check_abstain_option(kind, base.labels + list(labels), abstain)
         tuned = kind in HEAD_KINDS and HEAD_KINDS[kind].takes_token_states
         with_texts = kind in HEAD_KINDS and HEAD_KINDS[kind].takes_texts
-        # Refused before any embedding on a backbone that cannot serve the kind.
         top = self._top_layer() if tuned else None
-        if with_texts:
-            self._check_reads_texts()
-            if base is not None:
-                base.kept_texts()  # a base that kept no texts is refused before any embedding
+        if with_texts and base is not None:
+            base.kept_texts()  # a base that kept no texts is refused before any embedding
         features: np.ndarray | TokenStates
         if progress is None and tuned:
             features = await self.token_states(texts, bulk=True, field="examples")
@@ -251,6 +256,41 @@ class HeadService:
             log.info("training stopped part-way through fitting", extra={"kind": kind})
             raise TrainingStopped() from exc
         return head, report, data
+
+    async def check_training(
+        self,
+        texts: Sequence[InputItem],
+        labels: Sequence[Any],
+        kind: str,
+        abstain: Abstain,
+        *,
+        with_base: bool,
+    ) -> None:
+        """What a training would refuse before it embeds anything, refused now: a job's
+        mistakes are a 400 when it is submitted, not a failed job later. (The checks that
+        need a base version's examples are made when the job runs.)"""
+        self._check_before_embedding(texts, labels, kind, abstain, with_base=with_base)
+        if kind in HEAD_KINDS and HEAD_KINDS[kind].takes_token_states:
+            items = await self._prepare(texts, bulk=True, field="examples")
+            self._check_token_budget(items, "examples")
+
+    def _check_before_embedding(
+        self,
+        texts: Sequence[InputItem],
+        labels: Sequence[Any],
+        kind: str,
+        abstain: Abstain,
+        *,
+        with_base: bool,
+    ) -> None:
+        self.limits.check_examples(texts, labels)
+        # A backbone that cannot serve the kind.
+        if kind in HEAD_KINDS and HEAD_KINDS[kind].takes_token_states:
+            self._top_layer()
+        if kind in HEAD_KINDS and HEAD_KINDS[kind].takes_texts:
+            self._check_reads_texts()
+        if not with_base:  # a base's examples may give a label its second example
+            _check_abstain_option(kind, labels, abstain)
 
     async def _embed_reporting(
         self, texts: Sequence[InputItem], progress: TrainingProgress, *, tuned: bool

@@ -41,6 +41,10 @@ def examples(data: list[Labelled]) -> list[dict[str, str]]:
     return [{"text": row.text, "label": row.label} for row in data]
 
 
+#: A label with a single example.
+ALONE = {"text": "How old do I need to be to open an account?", "label": OUT_OF_SCOPE}
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     home = tmp_path_factory.mktemp("quality")
@@ -329,18 +333,19 @@ def test_base_version_adds_a_label_without_resending_the_old_examples(app):
         ({"abstain": True}, "abstain"),
         ({"abstain": 1.5}, "abstain"),
         ({"abstain": "sometimes"}, "abstain"),
-        ({"kind": "multilabel", "abstain": 0.5}, "examples"),
+        ({"kind": "multilabel", "abstain": 0.5}, "abstain"),
+        # One example of a label: nothing to cross-validate a threshold on.
+        ({"abstain": "auto", "examples": [*examples(TRAIN), ALONE]}, "abstain"),
     ],
 )
-def test_bad_training_options_are_refused(app, options, field):
+@pytest.mark.parametrize("path", ["/v1/heads/train", "/v1/jobs/train"])
+def test_bad_training_options_are_refused_before_embedding(app, options, field, path):
     client, home = app
     before = registry_snapshot(home)
-    response = client.post(
-        "/v1/heads/train", json={"head": "never", "examples": examples(TRAIN), **options}
-    )
+    response = client.post(path, json={"head": "never", "examples": examples(TRAIN), **options})
     assert response.status_code == 400, response.text
     assert response.json()["error"]["field"] == field
-    assert registry_snapshot(home) == before
+    assert registry_snapshot(home) == before  # a job refused is no job at all
 
 
 def test_nan_threshold_is_refused(app):
@@ -385,7 +390,8 @@ def test_evaluate_refuses_labels_in_the_wrong_form_for_the_head(app):
     assert registry_snapshot(home) == trained
 
 
-def test_a_tuned_head_over_its_token_budget_is_refused_before_embedding(app):
+@pytest.mark.parametrize("path", ["/v1/heads/train", "/v1/jobs/train"])
+def test_a_tuned_head_over_its_token_budget_is_refused_before_embedding(app, path):
     client, home = app
     before = registry_snapshot(home)
     # 1,100 texts padded to 256 tokens: 281,600 token states, over the 262,144 a tuned head takes.
@@ -393,9 +399,7 @@ def test_a_tuned_head_over_its_token_budget_is_refused_before_embedding(app):
         {"text": f"{i} " + "my card payment was declined again " * 60, "label": f"l{i % 2}"}
         for i in range(1100)
     ]
-    response = client.post(
-        "/v1/heads/train", json={"head": "too-big", "examples": long, "kind": "tuned"}
-    )
+    response = client.post(path, json={"head": "too-big", "examples": long, "kind": "tuned"})
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert (error["code"], error["field"], error["limit"]) == (

@@ -11,7 +11,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from adapters import HeadState, MLPHead, TextFeatures, TrainingDataError, head_from_state
 from adapters.evaluation import evaluate_head, expected_calibration_error
 from adapters.stopping import FitStopped, stoppable
-from adapters.training import CANDIDATES, fit_head
+from adapters.training import CANDIDATES, check_abstain_option, fit_head
 
 HELD_OUT = {"age_limit", "change_pin"}  # two intents the abstention tests never teach
 
@@ -79,8 +79,23 @@ def test_a_threshold_is_stored_with_the_head(features):
 
 
 def test_auto_abstention_needs_two_examples_per_label(features):
-    with pytest.raises(TrainingDataError, match="at least 2 examples of every label"):
-        fit_head("linear", features.train_X[:3], ["a", "b", "c"], ["x", "y", "z"], abstain="auto")
+    with pytest.raises(TrainingDataError) as refused:
+        fit_head("linear", features.train_X[:4], ["a", "b", "c", "c"], list("wxyz"), abstain="auto")
+    assert str(refused.value) == (
+        '"abstain": "auto" calibrates on cross-validation, which needs at least 2 examples of '
+        "every label ('a', 'b' have only 1); give a threshold instead"
+    )
+
+
+def test_auto_abstention_names_the_cross_validation_size_limit():
+    labels = ["a", "b"] * 3001
+    with pytest.raises(TrainingDataError) as refused:
+        check_abstain_option("linear", labels, "auto")
+    assert str(refused.value) == (
+        '"abstain": "auto" calibrates on cross-validation, which Graft skips above 6,000 '
+        "examples (this set has 6,002); give a threshold instead"
+    )
+    check_abstain_option("linear", labels, 0.7)  # a threshold needs no cross-validation
 
 
 def test_auto_compares_kinds_and_keeps_linear_unless_another_clearly_wins(features):
