@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -164,13 +165,22 @@ def test_cancel_stops_running_and_queued_jobs_and_registers_nothing(client):
         assert missing.json()["error"]["code"] == "head_not_found"
 
 
-def test_cancel_during_fitting_stops_the_fit_itself(client):
-    """The fit stops at its next step (a fold, an epoch), not when it would have ended."""
+@contextlib.contextmanager
+def logged(name: str) -> Iterator[list[logging.LogRecord]]:
+    """The records logger ``name`` emits within the block."""
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
-    logging.getLogger("graft.training").addHandler(handler)
+    logging.getLogger(name).addHandler(handler)
     try:
+        yield records
+    finally:
+        logging.getLogger(name).removeHandler(handler)
+
+
+def test_cancel_during_fitting_stops_the_fit_itself(client):
+    """The fit stops at its next step (a fold, an epoch), not when it would have ended."""
+    with logged("graft.training") as records:
         body = {"head": "long-fit", "kind": "tuned", "examples": banking_examples(600)}
         job = post(client, "/v1/jobs/train", body).json()["job"]
         wait_for(client, job, lambda s: s["progress"]["phase"] == "fitting")
@@ -179,8 +189,6 @@ def test_cancel_during_fitting_stops_the_fit_itself(client):
         while not any(r.getMessage().startswith("training stopped part-way") for r in records):
             assert time.monotonic() < deadline, "the fit ran on after its job was cancelled"
             time.sleep(0.05)
-    finally:
-        logging.getLogger("graft.training").removeHandler(handler)
     assert [getattr(r, "kind", None) for r in records] == ["tuned"]
     assert wait_for(client, job)["status"] == "cancelled"
     missing = post(client, "/v1/heads/get", {"head": "long-fit"})
@@ -188,14 +196,8 @@ def test_cancel_during_fitting_stops_the_fit_itself(client):
 
 
 def test_payload_logging_puts_bodies_in_the_access_log_when_enabled(client):
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    logging.getLogger("graft.access").addHandler(handler)
-    try:
+    with logged("graft.access") as records:
         post(client, "/v1/predict", {"head": "mood", "inputs": ["a very particular sentence"]})
-    finally:
-        logging.getLogger("graft.access").removeHandler(handler)
     (record,) = records
     assert "a very particular sentence" in record.body  # type: ignore[attr-defined]
 
@@ -209,14 +211,8 @@ def test_payload_logging_puts_bodies_in_the_access_log_when_enabled(client):
     ],
 )
 def test_the_access_log_names_the_head_of_a_refused_call(client, body, head):
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    logging.getLogger("graft.access").addHandler(handler)
-    try:
+    with logged("graft.access") as records:
         refused = post(client, "/v1/predict", body)
-    finally:
-        logging.getLogger("graft.access").removeHandler(handler)
     assert refused.status_code == 400
     (record,) = records
     assert (record.head, record.error) == (head, refused.json()["error"]["code"])  # type: ignore[attr-defined]
