@@ -154,12 +154,11 @@ def _fit_head(
     form, described = _input_form(kind)
     if not isinstance(features, form):
         raise TrainingDataError(f"a {kind} head learns from {described}")
+    check_label_form(kind, labels)
     check_abstain_option(kind, labels, abstain)
     if kind == "multilabel":
         assert isinstance(features, np.ndarray)
         return _fit_multilabel(features, labels, inputs, started)
-    if any(isinstance(label, list | tuple) for label in labels):
-        raise TrainingDataError("only multilabel heads take a list of labels per example")
     y = np.asarray([str(label) for label in labels], dtype=object)
     folds = n_folds(y.tolist(), len(y))
     candidates = _candidates(kind, features, y, folds, started, budget_s)
@@ -199,6 +198,21 @@ def _fit_head(
         warnings=data_warnings(inputs, y.tolist()),
     )
     return head, report
+
+
+def check_label_form(kind: str, labels: Sequence[Any]) -> None:
+    """A list of labels per example for ``multilabel``, a single label for every other kind."""
+    for index, label in enumerate(labels):
+        is_list = isinstance(label, list | tuple)
+        if kind == "multilabel" and not is_list:
+            raise TrainingDataError(
+                'a multilabel head takes a list of labels per example ("labels": [...], maybe '
+                f"empty), not a single label (example {index} has {label!r})"
+            )
+        if kind != "multilabel" and is_list:
+            raise TrainingDataError(
+                f"only multilabel heads take a list of labels per example (example {index})"
+            )
 
 
 def check_abstain_option(kind: str, labels: Sequence[Any], abstain: Abstain) -> None:

@@ -30,7 +30,13 @@ from adapters import (
 from adapters.evaluation import Evaluation, check_truth, evaluate_head
 from adapters.selection import Features
 from adapters.stopping import FitStopped, stoppable
-from adapters.training import Abstain, TrainingReport, check_abstain_option, fit_head
+from adapters.training import (
+    Abstain,
+    TrainingReport,
+    check_abstain_option,
+    check_label_form,
+    fit_head,
+)
 from service import metrics
 from service.backbone_process import SharedBackbone
 from service.batcher import EmbeddingBatcher
@@ -289,6 +295,10 @@ class HeadService:
             self._top_layer()
         if kind in HEAD_KINDS and HEAD_KINDS[kind].takes_texts:
             self._check_reads_texts()
+        try:
+            check_label_form(kind, labels)
+        except TrainingDataError as exc:
+            raise InvalidExamples(str(exc), field="examples") from exc
         if not with_base:  # a base's examples may give a label its second example
             _check_abstain_option(kind, labels, abstain)
 

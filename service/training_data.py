@@ -92,12 +92,18 @@ class TrainingSet:
             features: np.ndarray | TokenStates = mine.concat(theirs)
         elif isinstance(mine, np.ndarray) and isinstance(theirs, np.ndarray):
             features = np.vstack([mine, theirs])
-        else:
-            stored = "token states" if isinstance(mine, TokenStates) else "pooled features"
+        elif isinstance(mine, TokenStates):
             raise InvalidExamples(
-                f"the base version kept its examples as {stored}, which this kind of head does "
-                "not learn from (tuned heads read token states, the others pooled features); "
-                "train it with all its examples instead",
+                "the base version is a tuned head and kept its examples as token states, which "
+                'only a tuned head learns from: send "kind": "tuned" (a new version does not take '
+                "its base's kind), or train this kind with all its examples",
+                field="base_version",
+            )
+        else:
+            raise InvalidExamples(
+                "the base version kept its examples as pooled features, and a tuned head learns "
+                "from token states: grow it with a frozen-feature kind (linear, mlp, prototype, "
+                "hybrid, auto), or train a tuned head with all its examples",
                 field="base_version",
             )
         texts = None

@@ -41,6 +41,8 @@ def examples(data: list[Labelled]) -> list[dict[str, str]]:
     return [{"text": row.text, "label": row.label} for row in data]
 
 
+#: The training examples as a multilabel head takes them.
+LISTED = [{"text": row.text, "labels": [row.label]} for row in TRAIN]
 #: A label with a single example.
 ALONE = {"text": "How old do I need to be to open an account?", "label": OUT_OF_SCOPE}
 
@@ -174,6 +176,7 @@ def test_tuned_head_grows_from_a_base_version_of_its_own_kind_only(app):
     assert mixed.status_code == 400
     assert mixed.json()["error"]["code"] == "invalid_examples"
     assert mixed.json()["error"]["field"] == "base_version"
+    assert 'send "kind": "tuned"' in mixed.json()["error"]["message"]  # what to do about it
     assert registry_snapshot(home) == before
 
 
@@ -333,7 +336,8 @@ def test_base_version_adds_a_label_without_resending_the_old_examples(app):
         ({"abstain": True}, "abstain"),
         ({"abstain": 1.5}, "abstain"),
         ({"abstain": "sometimes"}, "abstain"),
-        ({"kind": "multilabel", "abstain": 0.5}, "abstain"),
+        ({"kind": "multilabel", "abstain": 0.5, "examples": LISTED}, "abstain"),
+        ({"kind": "multilabel"}, "examples"),  # single labels: they are not read as lists
         # One example of a label: nothing to cross-validate a threshold on.
         ({"abstain": "auto", "examples": [*examples(TRAIN), ALONE]}, "abstain"),
     ],

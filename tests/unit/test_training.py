@@ -194,6 +194,15 @@ def test_single_label_kinds_refuse_label_lists(features):
         fit_head("linear", features.train_X[:2], [["a"], ["b"]], ["x", "y"])
 
 
+def test_multilabel_heads_refuse_single_labels_instead_of_reading_their_characters(features):
+    with pytest.raises(TrainingDataError) as refused:
+        fit_head("multilabel", features.train_X[:2], [["card"], "pin"], ["x", "y"])
+    assert str(refused.value) == (
+        'a multilabel head takes a list of labels per example ("labels": [...], maybe empty), '
+        "not a single label (example 1 has 'pin')"
+    )
+
+
 def test_auto_abstention_works_with_three_labels(features):
     three = [i for i, label in enumerate(features.train_y) if label in sorted(HELD_OUT)[:1]]
     three += [
