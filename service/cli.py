@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from service import cli_remote
@@ -134,7 +135,7 @@ def keys_revoke(prefix: Annotated[str, typer.Argument(help="The key's prefix.")]
     try:
         revoked = _key_store().revoke(prefix)
     except KeyNotFound as exc:
-        console.print(f"[red]{exc.message}[/red]")
+        console.print(f"[red]{escape(exc.message)}[/red]")
         raise typer.Exit(1) from None
     console.print(f"revoked {revoked.prefix} ({revoked.tenant})")
 

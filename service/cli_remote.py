@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from service import cli_render as render
 from service.client import (
@@ -78,10 +79,10 @@ def _session(url: str, key: str | None, tenant: str | None) -> Iterator[GraftCli
             yield client
     except GraftAPIError as exc:
         where = f" ({exc.field})" if exc.field else ""
-        err.print(f"[red]error {exc.status} {exc.code}{where}:[/red] {exc.message}")
+        err.print(f"[red]error {exc.status} {exc.code}{where}:[/red] {escape(exc.message)}")
         raise typer.Exit(1) from None
     except GraftClientError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
 
 
@@ -89,7 +90,7 @@ def _read(reader: Callable[..., Any], *args: Any) -> Any:
     try:
         return reader(*args)
     except DataFileError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -215,7 +216,7 @@ def _wait_for(client: GraftClient, started: JobResponse) -> TrainResponse:
         )
         raise typer.Exit(130) from None
     if final.status != "succeeded" or final.result is None:
-        reason = f": {final.error.code}: {final.error.message}" if final.error else ""
+        reason = f": {final.error.code}: {escape(final.error.message)}" if final.error else ""
         err.print(f"[red]job {final.job} {final.status}[/red]{reason}")
         raise typer.Exit(1)
     return final.result

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -78,8 +79,15 @@ def trained(answer: TrainResponse) -> RenderableType:
 def predictions(texts: Sequence[str], found: Sequence[Prediction], top_k: int) -> Table:
     table = Table("#", "text", "label", "score", *(["also"] if top_k > 1 else []))
     for index, (text, prediction) in enumerate(zip(texts, found, strict=True), start=1):
-        label = "[dim](none of these)[/dim]" if prediction.abstained else str(prediction.label)
-        row = [str(index), _cut(text), label, f"{prediction.score:.3f}"]
+        # An abstention still shows the label it would have given, whose score that is. Labels
+        # are the tenant's strings: escaped, so that "[x]" is not read as markup.
+        best = escape(prediction.top[0].label) if prediction.top else "?"
+        label = (
+            f"[dim](none of these; {best}?)[/dim]"
+            if prediction.abstained
+            else escape(str(prediction.label))
+        )
+        row = [str(index), escape(_cut(text)), label, f"{prediction.score:.3f}"]
         if top_k > 1:
             row.append(", ".join(f"{t.label} {t.score:.2f}" for t in prediction.top[1:]))
         table.add_row(*row)
@@ -127,7 +135,8 @@ def head(found: HeadSummary) -> RenderableType:
             ", ".join(version.aliases),
         )
     latest = found.versions[-1]
-    return Group(table, f"labels of version {latest.version}: {', '.join(latest.labels)}")
+    labels = escape(", ".join(latest.labels))
+    return Group(table, f"labels of version {latest.version}: {labels}")
 
 
 def job(state: JobResponse) -> Table:
@@ -143,7 +152,7 @@ def job(state: JobResponse) -> Table:
     if state.version is not None:
         rows.append(("version", str(state.version)))
     if state.error is not None:
-        rows.append(("error", f"{state.error.code}: {state.error.message}"))
+        rows.append(("error", f"{state.error.code}: {escape(state.error.message)}"))
     return _fields(*rows)
 
 
@@ -175,7 +184,7 @@ def evaluation(answer: EvaluateResponse) -> RenderableType:
         if metrics.support == 0:
             continue
         table.add_row(
-            label,
+            escape(label),
             f"{metrics.precision:.3f}",
             f"{metrics.recall:.3f}",
             f"{metrics.f1:.3f}",
@@ -184,9 +193,9 @@ def evaluation(answer: EvaluateResponse) -> RenderableType:
     parts.append(table)
     matrix, labels = answer.confusion_matrix, answer.labels
     if matrix is not None and len(labels) <= MAX_MATRIX_LABELS:
-        grid = Table("true \\ predicted", *labels, title="confusion matrix")
+        grid = Table("true \\ predicted", *map(escape, labels), title="confusion matrix")
         for label, counts in zip(labels, matrix, strict=True):
-            grid.add_row(label, *map(str, counts))
+            grid.add_row(escape(label), *map(str, counts))
         parts.append(grid)
     elif matrix is not None:
         parts.append(f"confusion matrix: {len(labels)} labels, shown with --json only")
@@ -205,7 +214,7 @@ def _report_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
             row += f" (refuses about {abstain['out_of_scope_rejected']:.0%} of unseen intents)"
         rows.append(("abstains", row))
     for warning in report.get("warnings", []) or []:
-        rows.append(("warning", f"[yellow]{warning}[/yellow]"))
+        rows.append(("warning", f"[yellow]{escape(warning)}[/yellow]"))
     return rows
 
 
@@ -219,7 +228,7 @@ def _fields(*rows: tuple[str, str]) -> Table:
 
 
 def _count_and_names(labels: Sequence[str], shown: int = 8) -> str:
-    names = ", ".join(labels[:shown]) + (", ..." if len(labels) > shown else "")
+    names = escape(", ".join(labels[:shown])) + (", ..." if len(labels) > shown else "")
     return f"{len(labels)} ({names})"
 
 
