@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -90,10 +91,12 @@ def traffic(server: Server) -> dict[str, str]:
     )
     with ThreadPoolExecutor(max_workers=8) as pool:
         statuses = list(pool.map(predict, [*calls, ("acme", ["nothing"], "no-such-head")]))
-        # The kernel picks the worker of each connection; on a loaded machine one worker can
-        # take a whole round. More rounds of the same calls until both have answered.
-        rounds = 1
-        while rounds < 5 and len(predict_workers(server)) < 2:
+        # The kernel hands each connection to a worker that is waiting to accept one; on a loaded
+        # machine one worker can take a whole round, or five (seen in CI, while the other was
+        # still busy starting). More rounds of the same calls until both have answered.
+        rounds, deadline = 1, time.monotonic() + 120
+        while len(predict_workers(server)) < 2 and time.monotonic() < deadline:
+            time.sleep(1)
             statuses += list(pool.map(predict, calls))[: len(calls)]
             rounds += 1
     assert statuses == [200] * len(calls) + [404] + [200] * len(calls) * (rounds - 1)
