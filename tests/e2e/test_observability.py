@@ -92,8 +92,8 @@ def traffic(server: Server) -> dict[str, str]:
     with ThreadPoolExecutor(max_workers=8) as pool:
         statuses = list(pool.map(predict, [*calls, ("acme", ["nothing"], "no-such-head")]))
         # The kernel hands each connection to a worker that is waiting to accept one; on a loaded
-        # machine one worker can take a whole round, or five (seen in CI, while the other was
-        # still busy starting). More rounds of the same calls until both have answered.
+        # machine one worker can take a whole round, or five (seen once in CI). More rounds of
+        # the same calls until both have answered.
         rounds, deadline = 1, time.monotonic() + 120
         while len(predict_workers(server)) < 2 and time.monotonic() < deadline:
             time.sleep(1)
