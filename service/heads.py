@@ -175,7 +175,7 @@ class HeadService:
         if top is None:
             raise KindNotSupported(
                 f"this server's backbone ({self.backbone.name}) has no transformer layer to tune; "
-                "train a linear, mlp, prototype or auto head instead",
+                "train a linear, mlp, prototype, multilabel or auto head instead",
                 field="kind",
             )
         return top
@@ -184,8 +184,8 @@ class HeadService:
         if self.backbone.kind != "text":
             raise KindNotSupported(
                 f"this server's backbone ({self.backbone.name}) reads images, and hybrid heads "
-                "learn from the words of texts; train a linear, mlp, prototype or auto head "
-                "instead",
+                "learn from the words of texts; train a linear, mlp, prototype, multilabel or "
+                "auto head instead",
                 field="kind",
             )
 
