@@ -26,7 +26,11 @@ class FitStopped(Exception):
 
 @contextmanager
 def stoppable(check: StopCheck | None) -> Iterator[None]:
-    """Within this block, :func:`checkpoint` asks ``check`` (none: a fit is never stopped)."""
+    """Within this block, :func:`checkpoint` asks ``check`` (none: whatever an enclosing block
+    asks, so a caller can wrap several steps once; outside any, a fit is never stopped)."""
+    if check is None:
+        yield
+        return
     token = _check.set(check)
     try:
         yield

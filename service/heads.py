@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -60,11 +61,13 @@ T = TypeVar("T")
 log = logging.getLogger("graft.training")
 
 
-def _check_abstain_option(kind: str, labels: Sequence[Any], abstain: Abstain) -> None:
+@contextmanager
+def _refused_on(field: str) -> Iterator[None]:
+    """The learning side's refusal of the caller's data, as a 400 naming ``field``."""
     try:
-        check_abstain_option(kind, labels, abstain)
+        yield
     except TrainingDataError as exc:
-        raise InvalidExamples(str(exc), field="abstain") from exc
+        raise InvalidExamples(str(exc), field=field) from exc
 
 
 @dataclass(frozen=True)
@@ -207,12 +210,15 @@ class HeadService:
         base: TrainingSet | None = None,
     ) -> tuple[Head, TrainingReport, TrainingSet]:
         """Embed and fit (on ``base``'s examples too, if given), without storing anything."""
-        self._check_before_embedding(texts, labels, kind, abstain, with_base=base is not None)
+        await self.check_training(
+            texts, labels, kind, abstain, with_base=base is not None, count_tokens=False
+        )
         if base is not None:
             self.limits.check_training_set(
                 len(base) + len(texts), base.labels + list(labels), "examples", with_base=True
             )
-            _check_abstain_option(kind, base.labels + list(labels), abstain)
+            with _refused_on("abstain"):
+                check_abstain_option(kind, base.labels + list(labels), abstain)
         tuned = kind in HEAD_KINDS and HEAD_KINDS[kind].takes_token_states
         with_texts = kind in HEAD_KINDS and HEAD_KINDS[kind].takes_texts
         top = self._top_layer() if tuned else None
@@ -236,28 +242,19 @@ class HeadService:
                 self.limits.check_token_states(n_inputs, longest, "base_version")
             data = data.with_top(top)
 
-        # A cancelled job's fit stops at its next step, and gives the job slot back.
-        should_stop = progress.stopped if progress is not None else None
-
         def fit_on_a_worker() -> tuple[Head, TrainingReport]:
-            # A hybrid head's n-grams are counted here too, off the event loop.
-            with stoppable(should_stop):
+            # A cancelled job's fit stops at its next step, and gives the job slot back; a
+            # hybrid head's n-grams are counted here too, off the event loop.
+            with stoppable(progress.stopped if progress is not None else None):
                 learns_from = data.with_texts() if with_texts else data.features
-            budget_s = self.settings.auto_budget_s
-            return fit_head(
-                kind,
-                learns_from,
-                data.labels,
-                data.digests,
-                abstain=abstain,
-                budget_s=budget_s,
-                should_stop=should_stop,
-            )
+                budget_s = self.settings.auto_budget_s
+                return fit_head(
+                    kind, learns_from, data.labels, data.digests, abstain=abstain, budget_s=budget_s
+                )
 
         try:
-            head, report = await anyio.to_thread.run_sync(fit_on_a_worker)
-        except TrainingDataError as exc:
-            raise InvalidExamples(str(exc), field="examples") from exc
+            with _refused_on("examples"):
+                head, report = await anyio.to_thread.run_sync(fit_on_a_worker)
         except FitStopped as exc:
             log.info("training stopped part-way through fitting", extra={"kind": kind})
             raise TrainingStopped() from exc
@@ -271,36 +268,26 @@ class HeadService:
         abstain: Abstain,
         *,
         with_base: bool,
+        count_tokens: bool = True,
     ) -> None:
-        """What a training would refuse before it embeds anything, refused now: a job's
-        mistakes are a 400 when it is submitted, not a failed job later. (The checks that
-        need a base version's examples are made when the job runs.)"""
-        self._check_before_embedding(texts, labels, kind, abstain, with_base=with_base)
-        if kind in HEAD_KINDS and HEAD_KINDS[kind].takes_token_states:
+        """What a training would refuse before it embeds anything: a job's mistakes are a 400
+        when it is submitted, not a failed job later. (The checks that need a base version's
+        examples are made when the training runs; ``count_tokens=False`` leaves a tuned head's
+        token budget to the embedding pass, which tokenises anyway.)"""
+        self.limits.check_examples(texts, labels)
+        cls = HEAD_KINDS.get(kind)
+        if cls is not None and cls.takes_token_states:
+            self._top_layer()  # a backbone that cannot serve the kind
+        if cls is not None and cls.takes_texts:
+            self._check_reads_texts()
+        with _refused_on("examples"):
+            check_label_form(kind, labels)
+        if not with_base:  # a base's examples may give a label its second example
+            with _refused_on("abstain"):
+                check_abstain_option(kind, labels, abstain)
+        if count_tokens and cls is not None and cls.takes_token_states:
             items = await self._prepare(texts, bulk=True, field="examples")
             self._check_token_budget(items, "examples")
-
-    def _check_before_embedding(
-        self,
-        texts: Sequence[InputItem],
-        labels: Sequence[Any],
-        kind: str,
-        abstain: Abstain,
-        *,
-        with_base: bool,
-    ) -> None:
-        self.limits.check_examples(texts, labels)
-        # A backbone that cannot serve the kind.
-        if kind in HEAD_KINDS and HEAD_KINDS[kind].takes_token_states:
-            self._top_layer()
-        if kind in HEAD_KINDS and HEAD_KINDS[kind].takes_texts:
-            self._check_reads_texts()
-        try:
-            check_label_form(kind, labels)
-        except TrainingDataError as exc:
-            raise InvalidExamples(str(exc), field="examples") from exc
-        if not with_base:  # a base's examples may give a label its second example
-            _check_abstain_option(kind, labels, abstain)
 
     async def _embed_reporting(
         self, texts: Sequence[InputItem], progress: TrainingProgress, *, tuned: bool
@@ -448,10 +435,8 @@ class HeadService:
         self.limits.check_examples(inputs, labels)
         ref = await self._read(self.registry.resolve, tenant, head, version)
         fitted = await self._head_for(ref)
-        try:
+        with _refused_on("examples"):
             check_truth(fitted, labels)  # before the embedding pass it would waste
-        except TrainingDataError as exc:
-            raise InvalidExamples(str(exc), field="examples") from exc
         features = await self.head_inputs(fitted, inputs, bulk=True, field="examples")
         proba = await anyio.to_thread.run_sync(fitted.predict_proba, features)
         found = await anyio.to_thread.run_sync(

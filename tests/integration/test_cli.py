@@ -47,6 +47,10 @@ def graft(*args: str, env: dict[str, str] | None = None) -> Any:
     return result
 
 
+#: The column names write_csv uses.
+COLUMNS = ["--text-column", "utterance", "--label-column", "intent"]
+
+
 def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
     lines = ["utterance,intent", *(f'"{text}",{label}' for text, label in rows)]
     path.write_text("\n".join(lines) + "\n")
@@ -55,12 +59,11 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
 
 def test_train_predict_show_and_delete(made, tmp_path):
     data = write_csv(tmp_path / "mood.csv", SENTIMENT)
-    columns = ["--text-column", "utterance", "--label-column", "intent"]
-    trained = graft("train", "--head", "mood", "--file", str(data), *columns, "--tenant", "cli")
+    trained = graft("train", "--head", "mood", "--file", str(data), *COLUMNS, "--tenant", "cli")
     assert trained.exit_code == 0, trained.output
     assert "version" in trained.stdout and "2 (negative, positive)" in trained.stdout
 
-    as_json = graft("train", "--head", "mood", "--file", str(data), *columns, "--json")
+    as_json = graft("train", "--head", "mood", "--file", str(data), *COLUMNS, "--json")
     assert json.loads(as_json.stdout)["version"] == 1  # the default tenant's first version
 
     predicted = graft(
@@ -115,17 +118,16 @@ def test_large_files_train_as_jobs_with_progress(made, http, tmp_path):
 
 def test_evaluate_prints_metrics_and_the_confusion_matrix(made, tmp_path):
     data = write_csv(tmp_path / "mood.csv", SENTIMENT)
-    columns = ["--text-column", "utterance", "--label-column", "intent"]
-    assert graft("train", "--head", "judge", "--file", str(data), *columns).exit_code == 0
+    assert graft("train", "--head", "judge", "--file", str(data), *COLUMNS).exit_code == 0
     held_out = write_csv(
         tmp_path / "held_out.csv",
         [("I really enjoyed it", "positive"), ("It broke after a day", "negative")],
     )
-    table = graft("evaluate", "--head", "judge", "--file", str(held_out), *columns)
+    table = graft("evaluate", "--head", "judge", "--file", str(held_out), *COLUMNS)
     assert table.exit_code == 0, table.output
     assert "accuracy" in table.stdout and "confusion matrix" in table.stdout
     scored = json.loads(
-        graft("evaluate", "--head", "judge", "--file", str(held_out), *columns, "--json").stdout
+        graft("evaluate", "--head", "judge", "--file", str(held_out), *COLUMNS, "--json").stdout
     )
     assert (scored["accuracy"], scored["n_examples"]) == (1.0, 2)
     assert scored["confusion_matrix"] == [[1, 0], [0, 1]]
@@ -166,17 +168,15 @@ def test_the_client_raises_typed_errors(http):
 
 def test_train_shows_the_abstention_threshold(made, tmp_path):
     data = write_csv(tmp_path / "mood.csv", SENTIMENT)
-    columns = ["--text-column", "utterance", "--label-column", "intent"]
-    trained = graft("train", "--head", "shy", "--file", str(data), *columns, "--abstain", "0.7")
+    trained = graft("train", "--head", "shy", "--file", str(data), *COLUMNS, "--abstain", "0.7")
     assert trained.exit_code == 0, trained.output
     assert "abstains" in trained.stdout and "below 0.7000" in trained.stdout
 
 
 def test_an_abstained_prediction_shows_the_label_it_refused(made, tmp_path):
     data = write_csv(tmp_path / "mood.csv", [*SENTIMENT, ("Meh [see attached]", "[neutral]")])
-    columns = ["--text-column", "utterance", "--label-column", "intent"]
     trained = graft(
-        "train", "--head", "guarded", "--file", str(data), *columns, "--abstain", "0.99"
+        "train", "--head", "guarded", "--file", str(data), *COLUMNS, "--abstain", "0.99"
     )
     assert trained.exit_code == 0, trained.output
     found = graft("predict", "--head", "guarded", "Meh [see attached]")
@@ -189,9 +189,8 @@ def test_an_abstained_prediction_shows_the_label_it_refused(made, tmp_path):
 
 def test_an_error_message_with_brackets_is_printed_whole(made, tmp_path):
     data = write_csv(tmp_path / "mood.csv", [("Meh", "[neutral]"), *SENTIMENT])
-    columns = ["--text-column", "utterance", "--label-column", "intent"]
     refused = graft(
-        "train", "--head", "topics", "--file", str(data), *columns, "--kind", "multilabel"
+        "train", "--head", "topics", "--file", str(data), *COLUMNS, "--kind", "multilabel"
     )
     assert refused.exit_code == 1
     assert "not a single label (example 0 has '[neutral]')" in " ".join(refused.stderr.split())
