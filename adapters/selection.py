@@ -43,6 +43,14 @@ HeadFactory = Callable[[], Head]
 Features = np.ndarray | TokenStates | TextFeatures
 
 
+def scored_rows(n_rows: int, teach_only: np.ndarray | None) -> np.ndarray:
+    """Indices of the rows an estimate scores: all but the ``teach_only`` ones (label
+    descriptions, which every fold learns from and none is judged on)."""
+    if teach_only is None:
+        return np.arange(n_rows)
+    return np.flatnonzero(~teach_only)
+
+
 @dataclass
 class CVResult:
     """Out-of-fold predictions of one candidate (a kind with settings)."""
@@ -92,25 +100,32 @@ def cross_validate(
     X: Features,
     y: np.ndarray,
     folds: int,
+    teach_only: np.ndarray | None = None,
 ) -> CVResult:
+    """Out-of-fold predictions of the scored rows; every fold also learns from the
+    ``teach_only`` rows. The result's rows are the scored rows, in order."""
     started = time.perf_counter()
+    scored = scored_rows(len(y), teach_only)
+    always = np.setdiff1d(np.arange(len(y)), scored)
+    truth_labels = y[scored]
     classes = sorted(set(y.tolist()))
-    proba = np.zeros((len(y), len(classes)), dtype=np.float32)
+    proba = np.zeros((len(scored), len(classes)), dtype=np.float32)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
-    for train, test in splitter.split(np.zeros(len(y)), y):
+    for train, test in splitter.split(np.zeros(len(scored)), truth_labels):
         checkpoint()
-        head = make().fit(X[train], y[train])
+        learns_from = np.concatenate([scored[train], always])
+        head = make().fit(X[learns_from], y[learns_from])
         columns = [classes.index(c) for c in head.classes_]
-        proba[np.ix_(test, columns)] = head.predict_proba(X[test])
+        proba[np.ix_(test, columns)] = head.predict_proba(X[scored[test]])
     predicted = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
-    truth = np.searchsorted(classes, y)
+    truth = np.searchsorted(classes, truth_labels)
     return CVResult(
         kind=kind,
         params=params,
         classes=classes,
         proba=proba,
-        accuracy=float(accuracy_score(y, predicted)),
-        macro_f1=float(f1_score(y, predicted, average="macro", zero_division=0)),
+        accuracy=float(accuracy_score(truth_labels, predicted)),
+        macro_f1=float(f1_score(truth_labels, predicted, average="macro", zero_division=0)),
         log_loss=_nll(proba, truth),
         seconds=time.perf_counter() - started,
     )
@@ -122,7 +137,8 @@ def _nll(proba: np.ndarray, truth: np.ndarray) -> float:
 
 
 def fit_temperature(result: CVResult, y: np.ndarray) -> float:
-    """The softmax temperature that makes the out-of-fold probabilities best calibrated."""
+    """The softmax temperature that makes the out-of-fold probabilities best calibrated
+    (``y``: the labels of the rows cross-validation scored)."""
     truth = np.searchsorted(result.classes, y)
 
     def loss(log_t: float) -> float:
@@ -146,7 +162,12 @@ class AbstainCalibration:
 
 
 def calibrate_abstention(
-    result: CVResult, make: HeadFactory, X: Features, y: np.ndarray, temperature: float
+    result: CVResult,
+    make: HeadFactory,
+    X: Features,
+    y: np.ndarray,
+    temperature: float,
+    teach_only: np.ndarray | None = None,
 ) -> AbstainCalibration:
     """Pick the threshold on the calibrated top probability for ``"abstain": "auto"``.
 
@@ -156,13 +177,14 @@ def calibrate_abstention(
     highest that costs at most ``ABSTAIN_IN_SCOPE_LOSS`` of the in-scope answers that were
     right; wrong answers that fall below it are refused at no cost.
     """
+    scored = scored_rows(len(y), teach_only)
     proba = tempered(result.proba, temperature)
     confidence = proba.max(axis=1)
-    right = np.asarray(result.classes, dtype=object)[proba.argmax(axis=1)] == y
-    affordable = int(ABSTAIN_IN_SCOPE_LOSS * len(y))
+    right = np.asarray(result.classes, dtype=object)[proba.argmax(axis=1)] == y[scored]
+    affordable = int(ABSTAIN_IN_SCOPE_LOSS * len(scored))
     right_conf = np.sort(confidence[right])
     threshold = float(right_conf[affordable]) if affordable < len(right_conf) else 0.0
-    unseen = _unseen_label_confidences(make, X, y, temperature)
+    unseen = _unseen_label_confidences(make, X, y, temperature, scored)
     return AbstainCalibration(
         threshold=threshold,
         out_of_scope_rejected=float(np.mean(unseen < threshold)) if len(unseen) else 0.0,
@@ -171,7 +193,7 @@ def calibrate_abstention(
 
 
 def _unseen_label_confidences(
-    make: HeadFactory, X: Features, y: np.ndarray, temperature: float
+    make: HeadFactory, X: Features, y: np.ndarray, temperature: float, scored: np.ndarray
 ) -> np.ndarray:
     classes = sorted(set(y.tolist()))
     if len(classes) < 3:
@@ -181,9 +203,10 @@ def _unseen_label_confidences(
     # At most a third of the labels out per round, so at least two are left to train on.
     for held in np.array_split(shuffled, min(HOLDOUT_ROUNDS, len(classes))):
         checkpoint()
-        unseen = np.isin(y, held)
+        unseen = np.isin(y, held)  # a held-out label's description is held out with it
         head = make().fit(X[~unseen], y[~unseen])
         # The holdout heads are not calibrated on their own: the full head's temperature is.
         head.temperature_ = temperature
-        found.append(head.predict_proba(X[unseen]).max(axis=1))
+        asked = scored[unseen[scored]]
+        found.append(head.predict_proba(X[asked]).max(axis=1))
     return np.concatenate(found)

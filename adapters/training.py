@@ -24,6 +24,7 @@ from adapters.selection import (
     cross_validate,
     fit_temperature,
     n_folds,
+    scored_rows,
     why_no_folds,
 )
 from adapters.stopping import StopCheck, checkpoint, stoppable
@@ -77,6 +78,8 @@ class TrainingReport:
     temperature: float
     abstain: dict[str, float] | None
     fit_ms: float
+    #: Rows taught but never scored (label descriptions): not in ``examples_per_label``.
+    label_descriptions: int = 0
     candidates: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -128,6 +131,7 @@ def fit_head(
     abstain: Abstain = False,
     budget_s: float = 5.0,
     should_stop: StopCheck | None = None,
+    teach_only: Sequence[bool] | None = None,
 ) -> tuple[Head, TrainingReport]:
     """Fit a head of ``kind`` (or the best kind, for ``"auto"``) and report on it.
 
@@ -136,10 +140,12 @@ def fit_head(
     strings, or lists of strings for ``multilabel``; ``inputs`` (texts, image
     hashes) only feed the warnings. ``budget_s`` bounds the time ``auto`` spends comparing.
     ``should_stop`` is asked between the fit's steps; once it answers True the fit raises
-    :class:`~adapters.stopping.FitStopped`.
+    :class:`~adapters.stopping.FitStopped`. ``teach_only`` marks rows (label descriptions)
+    that every head learns from and no estimate scores: cross-validation, the temperature, the
+    abstention threshold and the report count the other rows, the examples.
     """
     with stoppable(should_stop):
-        return _fit_head(kind, features, labels, inputs, abstain, budget_s)
+        return _fit_head(kind, features, labels, inputs, abstain, budget_s, teach_only)
 
 
 def _fit_head(
@@ -149,20 +155,24 @@ def _fit_head(
     inputs: Sequence[Hashable],
     abstain: Abstain,
     budget_s: float,
+    teach_only: Sequence[bool] | None,
 ) -> tuple[Head, TrainingReport]:
     started = time.perf_counter()
     form, described = _input_form(kind)
     if not isinstance(features, form):
         raise TrainingDataError(f"a {kind} head learns from {described}")
     check_label_form(kind, labels)
-    check_abstain_option(kind, labels, abstain)
+    taught = _teach_only_mask(kind, labels, teach_only)
+    scored = scored_rows(len(labels), taught)
+    example_labels = [labels[i] for i in scored]
+    check_abstain_option(kind, example_labels, abstain)
     if kind == "multilabel":
         assert isinstance(features, np.ndarray)
         return _fit_multilabel(features, labels, inputs, started)
     y = np.asarray([str(label) for label in labels], dtype=object)
-    folds = n_folds(y.tolist(), len(y))
-    candidates = _candidates(kind, features, y, folds, started, budget_s)
-    best = _choose(kind, candidates, len(y))
+    folds = n_folds(y[scored].tolist(), len(scored))
+    candidates = _candidates(kind, features, y, folds, started, budget_s, taught)
+    best = _choose(kind, candidates, len(scored))
     if best is not None:
         chosen_kind, params = best.kind, best.params
     else:  # nothing to cross-validate on: the kind's defaults (auto: the default kind's)
@@ -170,34 +180,58 @@ def _fit_head(
     make = _factory(chosen_kind, params)
     checkpoint()
     head = make().fit(features, y)
-    temperature = fit_temperature(best, y) if best and chosen_kind != "prototype" else 1.0
+    calibrated = best is not None and chosen_kind != "prototype"
+    temperature = fit_temperature(best, y[scored]) if best and calibrated else 1.0
     head.temperature_ = temperature
     calibration = None
     if abstain == "auto":
         assert best is not None
         quick = _factory(chosen_kind, {**params, **CV_SHORTCUTS.get(chosen_kind, {})})
-        found = calibrate_abstention(best, quick, features, y, temperature)
+        found = calibrate_abstention(best, quick, features, y, temperature, taught)
         head.abstain_threshold_ = found.threshold
         calibration = found.to_dict()
     elif abstain is not False and abstain is not True:
         head.abstain_threshold_ = float(abstain)
         calibration = {"threshold": float(abstain)}
-    predicted = np.asarray(head.classes_, dtype=object)[head.predict_proba(features).argmax(axis=1)]
+    examples = features[scored] if taught is not None else features
+    predicted = np.asarray(head.classes_, dtype=object)[head.predict_proba(examples).argmax(axis=1)]
     report = TrainingReport(
         kind=chosen_kind,
         params=head.params,
-        examples_per_label=_label_counts(y.tolist()),
-        train_accuracy=round(float(np.mean(predicted == y)), 4),
+        examples_per_label=_label_counts(y[scored].tolist()),
+        train_accuracy=round(float(np.mean(predicted == y[scored])), 4),
         cv_folds=folds,
         cv_accuracy=round(best.accuracy, 4) if best else None,
         cv_macro_f1=round(best.macro_f1, 4) if best else None,
         temperature=round(temperature, 4),
         abstain=calibration,
         fit_ms=round((time.perf_counter() - started) * 1000, 1),
+        label_descriptions=len(y) - len(scored),
         candidates=[r.summary() for r in candidates] if len(candidates) > 1 else [],
-        warnings=data_warnings(inputs, y.tolist()),
+        warnings=data_warnings([inputs[i] for i in scored], y[scored].tolist()),
     )
     return head, report
+
+
+def _teach_only_mask(
+    kind: str, labels: Sequence[Any], teach_only: Sequence[bool] | None
+) -> np.ndarray | None:
+    """``teach_only`` as a mask, refused where it cannot work: it must mark rows of labels
+    that also have examples, and a multilabel head takes no descriptions."""
+    if teach_only is None or not any(teach_only):
+        return None
+    mask = np.asarray(teach_only, dtype=bool)
+    if mask.shape != (len(labels),):
+        raise TrainingDataError(f"got {len(labels)} labels but {len(mask)} teach-only flags")
+    if kind == "multilabel":
+        raise TrainingDataError("multilabel heads take no label descriptions")
+    with_examples = {str(label) for label, only in zip(labels, mask, strict=True) if not only}
+    bare = sorted({str(label) for label, only in zip(labels, mask, strict=True) if only})
+    bare = [label for label in bare if label not in with_examples]
+    if bare:
+        shown = ", ".join(repr(label) for label in bare[:3]) + (", ..." if len(bare) > 3 else "")
+        raise TrainingDataError(f"a label description needs examples of its label too: {shown}")
+    return mask
 
 
 def check_label_form(kind: str, labels: Sequence[Any]) -> None:
@@ -272,7 +306,13 @@ def _factory(kind: str, params: dict[str, Any]) -> Any:
 
 
 def _candidates(
-    kind: str, X: Features, y: np.ndarray, folds: int, started: float, budget_s: float
+    kind: str,
+    X: Features,
+    y: np.ndarray,
+    folds: int,
+    started: float,
+    budget_s: float,
+    teach_only: np.ndarray | None,
 ) -> list[CVResult]:
     """Cross-validated candidates; ``auto`` stops trying kinds once its budget is spent."""
     if not folds:
@@ -284,7 +324,7 @@ def _candidates(
             if kind == "auto" and results and _would_overrun(results, each, started, budget_s):
                 return results
             quick = _factory(each, {**params, **CV_SHORTCUTS.get(each, {})})
-            results.append(cross_validate(each, params, quick, X, y, folds))
+            results.append(cross_validate(each, params, quick, X, y, folds, teach_only))
     return results
 
 

@@ -109,6 +109,7 @@ class Graft:
             progress,
             abstain=request.abstain,
             base_version=request.base_version,
+            descriptions=request.label_descriptions,
         )
         return TrainResponse(
             head=info.head,
@@ -154,7 +155,7 @@ class Graft:
         texts = [example.input for example in request.examples]
         labels = [example.target for example in request.examples]
         fitted, ranked = await self.heads.classify(
-            texts, labels, request.inputs, request.kind, request.top_k
+            texts, labels, request.inputs, request.kind, request.top_k, request.label_descriptions
         )
         return ClassifyResponse(
             kind=fitted.kind, labels=fitted.classes_, predictions=_encode(ranked)
@@ -208,7 +209,12 @@ class Graft:
         texts = [example.input for example in request.examples]
         labels = [example.target for example in request.examples]
         await self.heads.check_training(
-            texts, labels, request.kind, request.abstain, with_base=request.base_version is not None
+            texts,
+            labels,
+            request.kind,
+            request.abstain,
+            with_base=request.base_version is not None,
+            descriptions=request.label_descriptions,
         )
 
         async def run(progress: TrainingProgress) -> TrainResponse:

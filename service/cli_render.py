@@ -207,6 +207,8 @@ def _report_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     for name in ("train_accuracy", "cv_accuracy", "cv_macro_f1"):
         if isinstance(report.get(name), int | float):
             rows.append((name.replace("_", " "), f"{report[name]:.3f}"))
+    if report.get("label_descriptions"):
+        rows.append(("label descriptions", str(report["label_descriptions"])))
     abstain = report.get("abstain")
     if isinstance(abstain, Mapping) and isinstance(abstain.get("threshold"), int | float):
         row = f"below {abstain['threshold']:.4f}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -45,6 +45,7 @@ from service.cache import HeadCache
 from service.errors import (
     AliasNotFound,
     BackboneMismatch,
+    HeadNotFound,
     InvalidExamples,
     KindNotSupported,
     VersionNotFound,
@@ -208,17 +209,36 @@ class HeadService:
         *,
         abstain: Abstain = False,
         base: TrainingSet | None = None,
+        descriptions: Mapping[str, str] | None = None,
     ) -> tuple[Head, TrainingReport, TrainingSet]:
-        """Embed and fit (on ``base``'s examples too, if given), without storing anything."""
+        """Embed and fit (on ``base``'s examples too, if given), without storing anything.
+
+        ``descriptions`` (label to text) are embedded with the examples and taught as rows
+        that no estimate scores; each replaces the base's description of its label."""
+        descriptions = descriptions or {}
         await self.check_training(
-            texts, labels, kind, abstain, with_base=base is not None, count_tokens=False
+            texts,
+            labels,
+            kind,
+            abstain,
+            with_base=base is not None,
+            count_tokens=False,
+            descriptions=descriptions,
         )
         if base is not None:
             self.limits.check_training_set(
-                len(base) + len(texts), base.labels + list(labels), "examples", with_base=True
+                base.n_examples + len(texts),
+                base.labels + list(labels),
+                "examples",
+                with_base=True,
             )
+            base_examples = [base.labels[i] for i in range(len(base)) if i not in base.teach_only]
             with _refused_on("abstain"):
-                check_abstain_option(kind, base.labels + list(labels), abstain)
+                check_abstain_option(kind, base_examples + list(labels), abstain)
+            _check_described(descriptions, base.labels + list(labels))
+            base = base.without_descriptions_of(descriptions)
+        inputs = [*texts, *descriptions.values()]
+        row_labels = [*labels, *descriptions]
         tuned = kind in HEAD_KINDS and HEAD_KINDS[kind].takes_token_states
         with_texts = kind in HEAD_KINDS and HEAD_KINDS[kind].takes_texts
         top = self._top_layer() if tuned else None
@@ -226,13 +246,15 @@ class HeadService:
             base.kept_texts()  # a base that kept no texts is refused before any embedding
         features: np.ndarray | TokenStates
         if progress is None and tuned:
-            features = await self.token_states(texts, bulk=True, field="examples")
+            features = await self.token_states(inputs, bulk=True, field="examples")
         elif progress is None:
-            features = await self.embed(texts, bulk=True, field="examples")
+            features = await self.embed(inputs, bulk=True, field="examples")
         else:
-            features = await self._embed_reporting(texts, progress, tuned=tuned)
+            features = await self._embed_reporting(inputs, progress, tuned=tuned)
             await progress.phase("fitting")
-        data = training_set(features, labels, texts, keep_texts=with_texts)
+        data = training_set(
+            features, row_labels, inputs, keep_texts=with_texts, descriptions=len(descriptions)
+        )
         if base is not None:
             data = base.extended(data)
         if top is not None:
@@ -249,7 +271,13 @@ class HeadService:
                 learns_from = data.with_texts() if with_texts else data.features
                 budget_s = self.settings.auto_budget_s
                 return fit_head(
-                    kind, learns_from, data.labels, data.digests, abstain=abstain, budget_s=budget_s
+                    kind,
+                    learns_from,
+                    data.labels,
+                    data.digests,
+                    abstain=abstain,
+                    budget_s=budget_s,
+                    teach_only=data.teach_only_mask(),
                 )
 
         try:
@@ -269,6 +297,7 @@ class HeadService:
         *,
         with_base: bool,
         count_tokens: bool = True,
+        descriptions: Mapping[str, str] | None = None,
     ) -> None:
         """What a training would refuse before it embeds anything: a job's mistakes are a 400
         when it is submitted, not a failed job later. (The checks that need a base version's
@@ -282,9 +311,17 @@ class HeadService:
             self._check_reads_texts()
         with _refused_on("examples"):
             check_label_form(kind, labels)
-        if not with_base:  # a base's examples may give a label its second example
+        if descriptions:
+            self.limits.check_descriptions(descriptions)
+            if kind == "multilabel":
+                raise InvalidExamples(
+                    "multilabel heads take no label descriptions; teach each label by examples",
+                    field="label_descriptions",
+                )
+        if not with_base:  # a base's examples may give a label its second example, or a label
             with _refused_on("abstain"):
                 check_abstain_option(kind, labels, abstain)
+            _check_described(descriptions or {}, labels)
         if count_tokens and cls is not None and cls.takes_token_states:
             items = await self._prepare(texts, bulk=True, field="examples")
             self._check_token_budget(items, "examples")
@@ -320,6 +357,7 @@ class HeadService:
         *,
         abstain: Abstain = False,
         base_version: int | str | None = None,
+        descriptions: Mapping[str, str] | None = None,
     ) -> VersionInfo:
         """Embed, fit and register; ``progress`` (a training job's) hears of each step.
 
@@ -329,22 +367,24 @@ class HeadService:
         started = time.perf_counter()
         try:
             base = None
+            grown_from: dict[str, int] = {}
             if base_version is not None:
-                base = await self._training_set_of(tenant, head, base_version)
+                number, base = await self._training_set_of(tenant, head, base_version)
+                grown_from["base_version"] = number  # the report says what it grew from
             fitted, report, data = await self.fit(
-                texts, labels, kind, progress, abstain=abstain, base=base
+                texts, labels, kind, progress, abstain=abstain, base=base, descriptions=descriptions
             )
             state = fitted.to_state()
             train_ms = round((time.perf_counter() - started) * 1000, 1)
             new = NewVersion(
                 kind=fitted.kind,
                 labels=list(fitted.classes_),
-                n_examples=len(data),
+                n_examples=data.n_examples,
                 backbone=self.backbone.name,
                 fingerprint=self.backbone.fingerprint,
                 config_json=state.config_json(),
                 weights=state.tensor_bytes(),
-                report=report.to_dict(),
+                report={**report.to_dict(), **grown_from},
                 train_ms=train_ms,
                 training_data=data.to_bytes(),
             )
@@ -359,12 +399,21 @@ class HeadService:
         metrics.TRAINING_EXAMPLES.observe(len(texts))
         return info
 
-    async def _training_set_of(self, tenant: str, head: str, version: int | str) -> TrainingSet:
+    async def _training_set_of(
+        self, tenant: str, head: str, version: int | str
+    ) -> tuple[int, TrainingSet]:
+        """The version ``version`` resolves to (a number or an alias), and its training set."""
         try:
             ref = await self._read(self.registry.resolve, tenant, head, version)
         except (VersionNotFound, AliasNotFound) as exc:
             exc.field = "base_version"  # the request's name for the version it could not find
             raise
+        except HeadNotFound as exc:
+            raise HeadNotFound(
+                f"{exc.message}, so it has no version {version!r} to add to; train it without "
+                '"base_version" first',
+                field="head",
+            ) from None
         self._check_backbone(ref)
         stored = await self._read(self.registry.load_training_data, ref.id)
         if stored is None:
@@ -373,7 +422,7 @@ class HeadService:
                 "sets; train it again with all its examples",
                 field="base_version",
             )
-        return TrainingSet.from_bytes(stored)
+        return ref.version, TrainingSet.from_bytes(stored)
 
     def _register(self, tenant: str, head: str, new: NewVersion) -> VersionInfo:
         return self.registry.register_version(
@@ -416,9 +465,10 @@ class HeadService:
         inputs: Sequence[InputItem],
         kind: str,
         top_k: int,
+        descriptions: Mapping[str, str] | None = None,
     ) -> tuple[Head, list[RankedPrediction]]:
         self.limits.check_inputs(inputs)
-        fitted, _report, _data = await self.fit(texts, labels, kind)
+        fitted, _report, _data = await self.fit(texts, labels, kind, descriptions=descriptions)
         features = await self.head_inputs(fitted, inputs)
         return fitted, rank(fitted, await self._proba(fitted, features), top_k)
 
@@ -497,6 +547,22 @@ class HeadService:
         self.cache.put(ref.id, fitted, state.nbytes)
         metrics.HEAD_LOAD_SECONDS.observe(time.perf_counter() - started)
         return fitted
+
+
+def _check_described(descriptions: Mapping[str, str], labels: Sequence[Any]) -> None:
+    """A description teaches a label that has examples; one of a label that has none is most
+    likely a misspelt label, and would train a label from a few words alone."""
+    known = {str(label) for label in labels}
+    unknown = [label for label in descriptions if label not in known]
+    if unknown:
+        shown = ", ".join(repr(label) for label in unknown[:3]) + (
+            ", ..." if len(unknown) > 3 else ""
+        )
+        raise InvalidExamples(
+            f"label_descriptions describe label(s) with no examples: {shown}; a description "
+            "adds to a label's examples, it does not replace them",
+            field="label_descriptions",
+        )
 
 
 def _outcome(exc: BaseException) -> str:

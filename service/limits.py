@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from service.errors import LimitExceeded
@@ -27,6 +27,18 @@ class Limits:
     ) -> None:
         self.check_training_set(len(texts), labels, field)
         self._check_text_lengths(texts, field, suffix=".text")
+
+    def check_descriptions(self, descriptions: Mapping[str, str]) -> None:
+        limit = self.settings.max_text_chars
+        for label, text in descriptions.items():
+            if len(text) > limit:
+                raise LimitExceeded(
+                    f"the description of {label!r} has {len(text)} characters; the limit "
+                    f"(GRAFT_MAX_TEXT_CHARS) is {limit}",
+                    limit="GRAFT_MAX_TEXT_CHARS",
+                    value=limit,
+                    field=f"label_descriptions.{label}",
+                )
 
     def check_training_set(
         self, n_examples: int, labels: Sequence[Any], field: str, *, with_base: bool = False

@@ -265,6 +265,26 @@ AbstainOption = Annotated[
 ]
 
 
+def _descriptions_are_texts(
+    value: dict[str, str] | None, info: ValidationInfo
+) -> dict[str, str] | None:
+    if value:
+        _check_modality("text", info)
+    return value or None
+
+
+LabelDescriptions = Annotated[
+    dict[Label, Text] | None,
+    AfterValidator(_descriptions_are_texts),
+    Field(
+        description="A few words on what a label means, for some or all of the labels "
+        '(e.g. {"card_arrival": "card arrival"}): each is taught as one more example of its '
+        "label that cross-validation never scores. Not for multilabel heads.",
+        examples=[{"card_arrival": "card arrival"}],
+    ),
+]
+
+
 class TrainRequest(Request):
     head: HeadName
     examples: list[Example] = Field(min_length=1)
@@ -275,6 +295,7 @@ class TrainRequest(Request):
         description="Add these examples to that version's (a number or an alias) and train "
         "a new version from both, without resending the old ones.",
     )
+    label_descriptions: LabelDescriptions = None
 
 
 class PredictRequest(Request):
@@ -299,6 +320,7 @@ class ClassifyRequest(Request):
     inputs: list[InputItem] = Field(min_length=1)
     kind: HeadKind = "prototype"
     top_k: TopK = 3
+    label_descriptions: LabelDescriptions = None
 
 
 class EmbedRequest(Request):

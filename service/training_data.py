@@ -6,15 +6,17 @@ on them differs from one fitted on float32 in the fourth decimal); a tuned head'
 token states below the top layer instead (every input's rows, end to end, and their lengths),
 as float16 too. Inputs are kept as digests, for the duplicate and conflict warnings; only a
 hybrid head's set keeps the texts themselves, because its n-gram model learns from their words.
-Safetensors again, labels in its JSON metadata, so reading it back can never run code.
+Label descriptions are rows too, marked ``teach_only``: a head learns from them, and no estimate
+or count of examples includes them. Safetensors again, labels in its JSON metadata, so reading
+it back can never run code.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Hashable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -36,13 +38,26 @@ class TrainingSet:
     labels: list[Any]  # strings, or tuples of strings for multilabel heads
     digests: list[str]
     texts: list[str] | None = None  # hybrid heads' sets only
+    teach_only: frozenset[int] = frozenset()  # rows that are label descriptions
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def n_examples(self) -> int:
+        return len(self.labels) - len(self.teach_only)
+
+    def teach_only_mask(self) -> list[bool] | None:
+        """Which rows are label descriptions, as ``fit_head`` takes it (None: no row is)."""
+        if not self.teach_only:
+            return None
+        return [row in self.teach_only for row in range(len(self))]
+
     def to_bytes(self) -> bytes:
         labels = [list(v) if isinstance(v, tuple) else v for v in self.labels]
         meta = {"labels": json.dumps(labels), "digests": json.dumps(self.digests)}
+        if self.teach_only:
+            meta["teach_only"] = json.dumps(sorted(self.teach_only))
         tensors: dict[str, np.ndarray]
         if isinstance(self.features, TokenStates):
             rows = self.features.rows()
@@ -78,7 +93,24 @@ class TrainingSet:
             ends = np.cumsum(tensors["text_lengths"]).tolist()
             joined = tensors["text_bytes"].tobytes()
             texts = [joined[a:b].decode() for a, b in zip([0, *ends[:-1]], ends, strict=True)]
-        return cls(features, labels, json.loads(meta["digests"]), texts)
+        teach_only = frozenset(json.loads(meta.get("teach_only", "[]")))
+        return cls(features, labels, json.loads(meta["digests"]), texts, teach_only)
+
+    def without_descriptions_of(self, labels: Collection[str]) -> TrainingSet:
+        """This set less its descriptions of ``labels``: a new version's description of a
+        label replaces its base's."""
+        dropped = {row for row in self.teach_only if self.labels[row] in labels}
+        if not dropped:
+            return self
+        kept = [row for row in range(len(self)) if row not in dropped]
+        renumbered = {row: new for new, row in enumerate(kept)}
+        return TrainingSet(
+            self.features[np.asarray(kept, dtype=np.int64)],
+            [self.labels[row] for row in kept],
+            [self.digests[row] for row in kept],
+            None if self.texts is None else [self.texts[row] for row in kept],
+            frozenset(renumbered[row] for row in self.teach_only - dropped),
+        )
 
     def extended(self, other: TrainingSet) -> TrainingSet:
         multilabel = {isinstance(v, tuple) for v in self.labels + other.labels}
@@ -109,8 +141,9 @@ class TrainingSet:
         texts = None
         if self.texts is not None and other.texts is not None:
             texts = self.texts + other.texts
+        teach_only = self.teach_only | {len(self) + row for row in other.teach_only}
         return TrainingSet(
-            features, self.labels + other.labels, self.digests + other.digests, texts
+            features, self.labels + other.labels, self.digests + other.digests, texts, teach_only
         )
 
     def kept_texts(self) -> list[str]:
@@ -131,7 +164,7 @@ class TrainingSet:
     def with_top(self, top: TopLayer) -> TrainingSet:
         """A tuned head's set with the layer a new head starts from (it is not stored)."""
         assert isinstance(self.features, TokenStates)
-        return TrainingSet(self.features.with_top(top), self.labels, self.digests)
+        return replace(self, features=self.features.with_top(top))
 
 
 def training_set(
@@ -140,6 +173,9 @@ def training_set(
     inputs: Sequence[Hashable],
     *,
     keep_texts: bool = False,
+    descriptions: int = 0,
 ) -> TrainingSet:
+    """A set of ``inputs``, the last ``descriptions`` of them label descriptions."""
     texts = [str(item) for item in inputs] if keep_texts else None
-    return TrainingSet(features, list(labels), [digest(item) for item in inputs], texts)
+    teach_only = frozenset(range(len(inputs) - descriptions, len(inputs)))
+    return TrainingSet(features, list(labels), [digest(item) for item in inputs], texts, teach_only)

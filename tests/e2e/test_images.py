@@ -117,6 +117,24 @@ def test_text_where_an_image_belongs_is_refused(server, target, path, body, fiel
     assert registry_snapshot(server.home) == before
 
 
+def test_label_descriptions_are_refused_on_the_image_backbone(server, target):
+    photo = pets("train")[0]
+    before = registry_snapshot(server.home)
+    response = server.post(
+        "/v1/heads/train",
+        {
+            "head": "described-pets",
+            "examples": [{"image": photo.base64(), "label": photo.species}],
+            "label_descriptions": {photo.species: f"a photo of a {photo.species}"},
+        },
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_input", "label_descriptions")
+    assert "GRAFT_BACKBONE_KIND=image" in error["message"]
+    assert registry_snapshot(server.home) == before
+
+
 @pytest.mark.parametrize(
     ("kind", "why"),
     [("tuned", "no transformer layer to tune"), ("hybrid", "learn from the words of texts")],

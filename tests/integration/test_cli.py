@@ -173,6 +173,17 @@ def test_train_shows_the_abstention_threshold(made, tmp_path):
     assert "abstains" in trained.stdout and "below 0.7000" in trained.stdout
 
 
+def test_train_can_describe_each_label_by_its_name(made, tmp_path):
+    data = write_csv(tmp_path / "mood.csv", SENTIMENT)
+    args = ("train", "--head", "named", "--file", str(data), *COLUMNS, "--describe-by-name")
+    trained = graft(*args)
+    assert trained.exit_code == 0, trained.output
+    assert "label descriptions  2" in trained.stdout
+    as_json = json.loads(graft(*args, "--json").stdout)
+    assert as_json["report"]["label_descriptions"] == 2
+    assert as_json["n_examples"] == len(SENTIMENT)
+
+
 def test_an_abstained_prediction_shows_the_label_it_refused(made, tmp_path):
     data = write_csv(tmp_path / "mood.csv", [*SENTIMENT, ("Meh [see attached]", "[neutral]")])
     trained = graft(

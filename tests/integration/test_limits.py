@@ -72,6 +72,13 @@ def small(tmp_path_factory):
             40,
             "examples.0.text",
         ),
+        (
+            "/v1/heads/train",
+            {"head": "h", "examples": examples(2), "label_descriptions": {"label-1": "z" * 41}},
+            "GRAFT_MAX_TEXT_CHARS",
+            40,
+            "label_descriptions.label-1",
+        ),
     ],
 )
 def test_request_limits(small, route, body, limit, value, field):

@@ -43,6 +43,8 @@ def examples(data: list[Labelled]) -> list[dict[str, str]]:
 
 #: The training examples as a multilabel head takes them.
 LISTED = [{"text": row.text, "labels": [row.label]} for row in TRAIN]
+#: Every intent described by its own name.
+NAMED = {label: label.replace("_", " ") for label in INTENTS}
 #: A label with a single example.
 ALONE = {"text": "How old do I need to be to open an account?", "label": OUT_OF_SCOPE}
 
@@ -317,6 +319,7 @@ def test_base_version_adds_a_label_without_resending_the_old_examples(app):
     assert grown["n_examples"] == 24
     assert grown["labels"] == sorted([*INTENTS[:3], "top_up_failed"])
     assert grown["report"]["examples_per_label"]["card_arrival"] == 6
+    assert grown["report"]["base_version"] == 1
     test = few_shot(rows("test", {*INTENTS[:3], "top_up_failed"}), per_label=4, seed=2)
     assert accuracy(predict(client, "grows", test), test) >= 0.8  # measured 1.0
     before = registry_snapshot(home)
@@ -327,6 +330,72 @@ def test_base_version_adds_a_label_without_resending_the_old_examples(app):
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "version_not_found"
     assert missing.json()["error"]["field"] == "base_version"
+    no_head = client.post(
+        "/v1/heads/train",
+        json={"head": "never-trained", "examples": examples(added), "base_version": 1},
+    )
+    assert no_head.status_code == 404
+    assert (no_head.json()["error"]["code"], no_head.json()["error"]["field"]) == (
+        "head_not_found",
+        "head",
+    )
+    assert 'train it without "base_version" first' in no_head.json()["error"]["message"]
+    assert registry_snapshot(home) == before
+
+
+def test_label_descriptions_teach_a_one_shot_head_and_are_never_counted(app):
+    client, home = app
+    one_shot = examples(few_shot(rows("train", INTENTS), per_label=1, seed=0))
+    test = few_shot(rows("test", INTENTS), per_label=40, seed=0)
+    plain = client.post("/v1/heads/train", json={"head": "one-shot", "examples": one_shot})
+    assert plain.status_code == 200, plain.text
+    body = {"head": "described", "examples": one_shot, "label_descriptions": NAMED}
+    described = client.post("/v1/heads/train", json=body)
+    assert described.status_code == 200, described.text
+    assert described.json()["n_examples"] == 6
+    assert described.json()["report"]["label_descriptions"] == 6
+    assert set(described.json()["report"]["examples_per_label"].values()) == {1}
+    # One sentence per intent: 0.796 of 240 test sentences; with the intents' names, 0.975.
+    assert accuracy(predict(client, "one-shot", test), test) < 0.85
+    assert accuracy(predict(client, "described", test), test) >= 0.93
+    # /v1/classify takes them too (its default kind, prototype: measured 0.971).
+    classified = client.post(
+        "/v1/classify",
+        json={"examples": one_shot, "inputs": [r.text for r in test], "label_descriptions": NAMED},
+    )
+    assert classified.status_code == 200, classified.text
+    assert accuracy(classified.json()["predictions"], test) >= 0.93
+    # A new version's description of a label replaces its base's; the others are kept.
+    more = examples(few_shot(rows("train", INTENTS), per_label=1, seed=1))
+    grown = client.post(
+        "/v1/heads/train",
+        json={
+            "head": "described",
+            "examples": more,
+            "base_version": 1,
+            "label_descriptions": {"card_arrival": "when will my new card arrive"},
+        },
+    )
+    assert grown.status_code == 200, grown.text
+    assert grown.json()["n_examples"] == 12
+    assert grown.json()["report"]["label_descriptions"] == 6
+    again = client.post(
+        "/v1/heads/train", json={"head": "described", "examples": more, "base_version": 2}
+    )
+    assert again.json()["report"]["label_descriptions"] == 6
+    before = registry_snapshot(home)
+    stray = client.post(
+        "/v1/heads/train",
+        json={
+            "head": "described",
+            "examples": more,
+            "base_version": 1,
+            "label_descriptions": {"age_limit": "how old"},
+        },
+    )
+    assert stray.status_code == 400, stray.text
+    assert stray.json()["error"]["field"] == "label_descriptions"
+    assert "'age_limit'" in stray.json()["error"]["message"]
     assert registry_snapshot(home) == before
 
 
@@ -340,6 +409,12 @@ def test_base_version_adds_a_label_without_resending_the_old_examples(app):
         ({"kind": "multilabel"}, "examples"),  # single labels: they are not read as lists
         # One example of a label: nothing to cross-validate a threshold on.
         ({"abstain": "auto", "examples": [*examples(TRAIN), ALONE]}, "abstain"),
+        ({"label_descriptions": {"card_arival": "card arrival"}}, "label_descriptions"),
+        (
+            {"kind": "multilabel", "examples": LISTED, "label_descriptions": NAMED},
+            "label_descriptions",
+        ),
+        ({"label_descriptions": {"card_arrival": "  "}}, "label_descriptions.card_arrival"),
     ],
 )
 @pytest.mark.parametrize("path", ["/v1/heads/train", "/v1/jobs/train"])

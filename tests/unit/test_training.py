@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from adapters import HeadState, MLPHead, TextFeatures, TrainingDataError, head_from_state
+from adapters import (
+    HeadState,
+    LinearHead,
+    MLPHead,
+    TextFeatures,
+    TrainingDataError,
+    head_from_state,
+)
 from adapters.evaluation import evaluate_head, expected_calibration_error
+from adapters.selection import cross_validate
 from adapters.stopping import FitStopped, stoppable
 from adapters.training import CANDIDATES, check_abstain_option, fit_head
 
@@ -286,3 +294,52 @@ def test_a_check_that_never_stops_changes_nothing(features):
     assert len(asked) == report.cv_folds * len(CANDIDATES["linear"]) + 1
     assert np.array_equal(head.coef_, checked.coef_)
     assert checked_report.cv_accuracy == report.cv_accuracy
+
+
+def described_set(features, per_label: int):
+    """``per_label`` examples of each intent, then one more of each marked as a description."""
+    rows: dict[str, list[int]] = {}
+    for index, label in enumerate(features.train_y):
+        rows.setdefault(label, []).append(index)
+    examples = [i for found in rows.values() for i in found[:per_label]]
+    descriptions = [found[per_label] for found in rows.values()]
+    order = examples + descriptions
+    teach_only = [False] * len(examples) + [True] * len(descriptions)
+    labels = [features.train_y[i] for i in order]
+    return features.train_X[order], labels, [features.train_text[i] for i in order], teach_only
+
+
+def test_descriptions_are_taught_but_neither_counted_nor_scored(features):
+    X, labels, texts, teach_only = described_set(features, per_label=2)
+    head, report = fit_head("linear", X, labels, texts, teach_only=teach_only)
+    # Scored, the descriptions would give every label 3 rows and so 3 folds.
+    assert report.cv_folds == 2
+    assert set(report.examples_per_label.values()) == {2}
+    assert report.label_descriptions == 8
+    _head, as_examples = fit_head("linear", X, labels, texts)
+    assert as_examples.cv_folds == 3
+    assert set(as_examples.examples_per_label.values()) == {3}
+    # The head learnt from the descriptions all the same: it knows their sentences.
+    described = np.asarray(teach_only)
+    predicted = np.asarray(head.classes_)[head.predict_proba(X[described]).argmax(axis=1)]
+    assert predicted.tolist() == labels[-8:]  # the descriptions are the last 8 rows
+
+
+def test_out_of_fold_predictions_are_of_the_examples_only(features):
+    X, labels, _texts, teach_only = described_set(features, per_label=4)
+    y = np.asarray(labels, dtype=object)
+    result = cross_validate("linear", {}, LinearHead, X, y, 4, np.asarray(teach_only))
+    assert result.proba.shape == (32, 8)
+    truth = y[~np.asarray(teach_only)]
+    predicted = np.asarray(result.classes)[result.proba.argmax(axis=1)]
+    assert result.accuracy == pytest.approx(float(np.mean(predicted == truth)))
+
+
+def test_a_description_of_a_label_without_examples_is_refused(features):
+    X, labels, texts, teach_only = described_set(features, per_label=2)
+    labels[-1] = "not_an_intent"
+    with pytest.raises(TrainingDataError, match="needs examples of its label too: 'not_an_intent'"):
+        fit_head("linear", X, labels, texts, teach_only=teach_only)
+    listed = [[label] for label in labels]
+    with pytest.raises(TrainingDataError, match="multilabel heads take no label descriptions"):
+        fit_head("multilabel", X, listed, texts, teach_only=teach_only)

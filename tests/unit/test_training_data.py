@@ -90,3 +90,25 @@ def test_a_hybrid_head_cannot_grow_from_a_set_without_texts():
     with pytest.raises(InvalidExamples, match="kept no texts") as refused:
         plain.extended(hybrid).kept_texts()
     assert refused.value.field == "base_version"
+
+
+def test_descriptions_are_kept_marked_and_replaced_label_by_label():
+    base = training_set(
+        np.arange(12, dtype=np.float32).reshape(4, 3), list("abab"), list("wxyz"), descriptions=2
+    )
+    assert (len(base), base.n_examples, base.teach_only_mask()) == (
+        4,
+        2,
+        [False, False, True, True],
+    )
+    back = TrainingSet.from_bytes(base.to_bytes())
+    assert back.teach_only == frozenset({2, 3})
+    grown = back.extended(
+        training_set(np.ones((2, 3), np.float32), ["a", "b"], ["u", "v"], descriptions=1)
+    )
+    assert grown.teach_only == frozenset({2, 3, 5})
+    replaced = grown.without_descriptions_of({"a"})  # row 2 describes "a"
+    assert replaced.labels == ["a", "b", "b", "a", "b"]
+    assert replaced.teach_only == frozenset({2, 4})
+    assert replaced.features[2].tolist() == [9.0, 10.0, 11.0]
+    assert training_set(np.ones((1, 3), np.float32), ["a"], ["x"]).teach_only_mask() is None
