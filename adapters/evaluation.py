@@ -31,6 +31,8 @@ class Evaluation:
     labels: list[str]
     confusion_matrix: list[list[int]] | None
     abstention: dict[str, Any] | None
+    #: True labels the head was never taught: out-of-scope examples, or misspelt labels.
+    unknown_labels: list[str]
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray) -> float:
@@ -66,9 +68,11 @@ def evaluate_head(
     """Metrics of ``head``'s probabilities ``proba`` against the true labels ``truth``.
 
     The label set is scikit-learn's: every label that is true or predicted in these examples.
-    Labels the head does not know still count (they can only be predicted wrong); head labels
-    that neither occur nor are predicted do not drag macro-F1 down. Accuracy, F1 and the
-    confusion matrix judge the top label; abstention, if a threshold applies, is reported too.
+    Labels the head does not know still count (they can only be predicted wrong), and are
+    listed; head labels that neither occur nor are predicted do not drag macro-F1 down.
+    Accuracy, F1 and the confusion matrix judge the top label; abstention, if a threshold
+    applies, is reported too, with the share of unknown labels' examples it refused (for
+    those, refusing is the right answer).
     """
     check_truth(head, truth)
     if head.multilabel:
@@ -81,7 +85,11 @@ def evaluate_head(
     )
     confidence = proba.max(axis=1)
     correct = y_pred == y_true
+    unknown = ~np.isin(y_true, np.asarray(head.classes_, dtype=object))
     threshold = head.abstain_threshold_ if abstain_threshold is None else abstain_threshold
+    abstention = None
+    if threshold is not None:
+        abstention = _abstention(threshold, confidence, correct, unknown)
     return Evaluation(
         n_examples=len(y_true),
         accuracy=float(accuracy_score(y_true, y_pred)),
@@ -90,11 +98,14 @@ def evaluate_head(
         per_label=_per_label(labels, precision, recall, f1, support),
         labels=labels,
         confusion_matrix=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-        abstention=None if threshold is None else _abstention(threshold, confidence, correct),
+        abstention=abstention,
+        unknown_labels=sorted(set(y_true[unknown].tolist())),
     )
 
 
-def _abstention(threshold: float, confidence: np.ndarray, correct: np.ndarray) -> dict[str, Any]:
+def _abstention(
+    threshold: float, confidence: np.ndarray, correct: np.ndarray, unknown: np.ndarray
+) -> dict[str, Any]:
     answered = confidence >= threshold
     return {
         "threshold": threshold,
@@ -102,6 +113,8 @@ def _abstention(threshold: float, confidence: np.ndarray, correct: np.ndarray) -
         "coverage": float(answered.mean()),
         "answered_accuracy": float(correct[answered].mean()) if answered.any() else None,
         "accuracy": float((correct & answered).mean()),
+        "unknown_label_examples": int(unknown.sum()),
+        "unknown_label_refused": float((~answered[unknown]).mean()) if unknown.any() else None,
     }
 
 
@@ -139,4 +152,5 @@ def _evaluate_multilabel(head: Head, proba: np.ndarray, truth: Sequence[Any]) ->
         labels=labels,
         confusion_matrix=None,
         abstention=None,
+        unknown_labels=sorted({v for row in sets for v in row} - set(head.classes_)),
     )

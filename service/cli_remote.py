@@ -288,6 +288,12 @@ def evaluate(
     text_column: TextColumn = "text",
     label_column: LabelColumn = "label",
     version: Version = None,
+    abstain_threshold: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, max=1.0, help="Judge abstention at this threshold (default: the head's)."
+        ),
+    ] = None,
     url: Url = DEFAULT_URL,
     key: Key = None,
     tenant: Tenant = None,
@@ -302,6 +308,7 @@ def evaluate(
             examples,
             version=_version(version),
             on_upload=lambda done, total: bar.update(task, completed=done, total=total),
+            abstain_threshold=abstain_threshold,
         )
     _emit(answer, as_json, render.evaluation)
 

@@ -175,6 +175,16 @@ def evaluation(answer: EvaluateResponse) -> RenderableType:
                 f"{kept.abstained} (threshold {kept.threshold:.2f}, coverage {kept.coverage:.3f})",
             )
         )
+        if kept.unknown_label_refused is not None:
+            summary.append(
+                (
+                    "refused unknown",
+                    f"{kept.unknown_label_refused:.1%} of {kept.unknown_label_examples} examples "
+                    "of labels the head was never taught",
+                )
+            )
+    if answer.unknown_labels:
+        summary.append(("unknown labels", _count_and_names(answer.unknown_labels)))
     parts: list[RenderableType] = [_fields(*summary)]
     table = Table("label", "precision", "recall", "f1", "support", title="per label")
     unseen = [label for label, metrics in answer.per_label.items() if metrics.support == 0]

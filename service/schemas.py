@@ -439,6 +439,12 @@ class AbstentionMetrics(BaseModel):
     coverage: float = Field(description="Share of examples answered.")
     answered_accuracy: float | None = Field(description="Accuracy on the answered examples.")
     accuracy: float = Field(description="Accuracy counting every abstention as wrong.")
+    unknown_label_examples: int = Field(
+        description="Examples whose label the head was never taught (out of scope)."
+    )
+    unknown_label_refused: float | None = Field(
+        description="Share of those it abstained on: there, the right answer."
+    )
 
 
 class EvaluateResponse(BaseModel):
@@ -456,6 +462,9 @@ class EvaluateResponse(BaseModel):
         description="Counts: row = true label, column = predicted label (single-label only)."
     )
     abstention: AbstentionMetrics | None
+    unknown_labels: list[str] = Field(
+        description="True labels the head was never taught: out of scope, or misspelt."
+    )
 
 
 class ClassifyResponse(BaseModel):

@@ -131,6 +131,13 @@ def test_evaluate_prints_metrics_and_the_confusion_matrix(made, tmp_path):
     )
     assert (scored["accuracy"], scored["n_examples"]) == (1.0, 2)
     assert scored["confusion_matrix"] == [[1, 0], [0, 1]]
+    out_of_scope = write_csv(tmp_path / "other.csv", [("Where is your nearest branch?", "branch")])
+    args = ("evaluate", "--head", "judge", "--file", str(out_of_scope), *COLUMNS)
+    refused = graft(*args, "--abstain-threshold", "1")  # every answer refused
+    assert refused.exit_code == 0, refused.output
+    shown = " ".join(refused.stdout.split())
+    assert "unknown labels 1 (branch)" in shown
+    assert "refused unknown 100.0% of 1 examples" in shown
 
 
 def test_mistakes_exit_with_a_message(made, tmp_path):

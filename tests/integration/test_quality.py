@@ -272,6 +272,13 @@ def test_abstention_refuses_an_unseen_intent_and_answers_known_ones(app):
     assert not any(p["abstained"] for p in never)
     always = predict(client, "guarded", TEST[:3], abstain_threshold=1)
     assert all(p["abstained"] and p["label"] is None for p in always)
+    # Evaluate reports the same refusals, where refusing was the right answer.
+    judged = client.post(
+        "/v1/heads/evaluate", json={"head": "guarded", "examples": examples(TEST + UNSEEN)}
+    ).json()
+    assert judged["unknown_labels"] == [OUT_OF_SCOPE]
+    assert judged["abstention"]["unknown_label_examples"] == 10
+    assert judged["abstention"]["unknown_label_refused"] == len(refused) / 10
 
 
 def test_evaluate_matches_scikit_learn_on_the_same_predictions(app):
@@ -301,6 +308,7 @@ def test_evaluate_matches_scikit_learn_on_the_same_predictions(app):
     assert sum(map(sum, found["confusion_matrix"])) == 32
     assert 0 <= found["expected_calibration_error"] < 0.3
     assert found["abstention"] is None
+    assert found["unknown_labels"] == [OUT_OF_SCOPE]
 
 
 def test_base_version_adds_a_label_without_resending_the_old_examples(app):

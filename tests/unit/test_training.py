@@ -173,6 +173,10 @@ def test_evaluation_matches_scikit_learn(features):
     assert found.abstention is not None
     assert found.abstention["abstained"] == int((~answered).sum())
     assert found.abstention["coverage"] == pytest.approx(answered.mean())
+    assert found.unknown_labels == ["an_intent_it_never_saw"]
+    assert found.abstention["unknown_label_examples"] == 1
+    unknown = truth.index("an_intent_it_never_saw")
+    assert found.abstention["unknown_label_refused"] == float(not answered[unknown])
 
 
 CARD_INTENTS = {"card_arrival", "lost_or_stolen_card", "change_pin", "apple_pay_or_google_pay"}
