@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
+from functools import partial
 
 import anyio
 import bentoml
@@ -36,9 +37,11 @@ from service.schemas import (
     HeadsResponse,
     HeadSummary,
     JobError,
+    JobListRequest,
     JobProgress,
     JobRequest,
     JobResponse,
+    JobsResponse,
     KeyCreateRequest,
     KeyListRequest,
     KeyRevokeRequest,
@@ -231,6 +234,20 @@ class Graft:
         store = self.runtime.jobs.store
         job = await anyio.to_thread.run_sync(store.get, caller.tenant, request.job)
         return _job_response(job)
+
+    @endpoint("/v1/jobs/list", JobListRequest, JobsResponse)
+    async def list_jobs(self, request: JobListRequest, caller: Caller) -> JobsResponse:
+        """The tenant's training jobs, newest first (finished ones until they are pruned)."""
+        found = await anyio.to_thread.run_sync(
+            partial(
+                self.runtime.jobs.store.list,
+                caller.tenant,
+                head=request.head,
+                status=request.status,
+                limit=request.limit,
+            )
+        )
+        return JobsResponse(jobs=[_job_response(job) for job in found])
 
     @endpoint("/v1/jobs/cancel", JobRequest, JobResponse)
     async def cancel_job(self, request: JobRequest, caller: Caller) -> JobResponse:

@@ -8,11 +8,10 @@ import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from service import cli_remote
+from service import cli_remote, cli_render
 from service.settings import Settings
 
 if TYPE_CHECKING:  # SQLAlchemy and Alembic load only for the commands that use them
@@ -25,7 +24,7 @@ keys_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(keys_app, name="keys")
-console = Console()
+console = cli_render.make_console()
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from service import cli_render as render
@@ -31,8 +30,8 @@ from service.schemas import JobResponse, PredictResponse, TrainResponse
 #: Files with more examples than this train through the jobs API (progress, no HTTP timeout).
 JOB_THRESHOLD = 1000
 
-out = Console()
-err = Console(stderr=True)
+out = render.make_console()
+err = render.make_console(stderr=True)
 #: How commands get their client; tests point it at an in-process server.
 client_factory: Callable[..., GraftClient] = GraftClient
 
@@ -373,6 +372,24 @@ def jobs_show(
     with _session(url, key, tenant) as client:
         state = client.get_job(job)
     _emit(state, as_json, render.job)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    head: Annotated[str | None, typer.Option("--head", help="Only this head's jobs.")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="Only jobs in this status (queued, running, ...).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 20,
+    url: Url = DEFAULT_URL,
+    key: Key = None,
+    tenant: Tenant = None,
+    as_json: Json = False,
+) -> None:
+    """Your training jobs, newest first: where to find a job id you lost."""
+    with _session(url, key, tenant) as client:
+        found = client.list_jobs(head=head, status=status, limit=limit)
+    _emit(found, as_json, render.jobs)
 
 
 @jobs_app.command("cancel")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +25,7 @@ from service.schemas import (
     HeadsResponse,
     HeadSummary,
     JobResponse,
+    JobsResponse,
     Prediction,
     TrainResponse,
 )
@@ -31,6 +34,19 @@ from service.schemas import (
 TEXT_WIDTH = 60
 #: A confusion matrix is drawn only for heads with at most this many labels.
 MAX_MATRIX_LABELS = 15
+
+
+#: The width of output that is not a terminal: wide enough never to cut a cell.
+UNCUT_WIDTH = 1000
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A console for people on a terminal, and for scripts off one: rich assumes 80 columns
+    off a terminal and cuts table cells to fit, so a piped table lost its job ids and long
+    labels. ``COLUMNS``, where set, still decides."""
+    stream = sys.stderr if stderr else sys.stdout
+    uncut = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=UNCUT_WIDTH if uncut else None)
 
 
 def upload_progress(console: Console) -> Progress:
@@ -154,6 +170,24 @@ def job(state: JobResponse) -> Table:
     if state.error is not None:
         rows.append(("error", f"{state.error.code}: {escape(state.error.message)}"))
     return _fields(*rows)
+
+
+def jobs(found: JobsResponse) -> RenderableType:
+    if not found.jobs:
+        return "no jobs"
+    table = Table("job", "head", "kind", "status", "phase", "examples", "version", "created")
+    for state in found.jobs:
+        table.add_row(
+            state.job,
+            state.head,
+            state.kind,
+            state.status,
+            f"{state.progress.phase} ({state.progress.fraction:.0%})",
+            str(state.n_examples),
+            str(state.version) if state.version is not None else "",
+            f"{state.created:%Y-%m-%d %H:%M:%S}",
+        )
+    return table
 
 
 def evaluation(answer: EvaluateResponse) -> RenderableType:

@@ -27,6 +27,7 @@ from service.schemas import (
     HeadsResponse,
     HeadSummary,
     JobResponse,
+    JobsResponse,
     PredictResponse,
     TrainResponse,
 )
@@ -191,6 +192,12 @@ class GraftClient:
 
     def get_job(self, job: str) -> JobResponse:
         return self._call("/v1/jobs/get", {"job": job}, JobResponse)
+
+    def list_jobs(
+        self, *, head: str | None = None, status: str | None = None, limit: int = 20
+    ) -> JobsResponse:
+        body = {"head": head, "status": status, "limit": limit}
+        return self._call("/v1/jobs/list", body, JobsResponse)
 
     def cancel_job(self, job: str) -> JobResponse:
         return self._call("/v1/jobs/cancel", {"job": job}, JobResponse)

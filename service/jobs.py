@@ -193,6 +193,24 @@ class JobStore:
             return self._get(job_id)
         return info
 
+    def list(
+        self, tenant: str, *, head: str | None = None, status: str | None = None, limit: int = 20
+    ) -> list[JobInfo]:
+        """The tenant's jobs, newest first, of one head or in one status if asked."""
+        query = select(jobs).where(jobs.c.tenant == tenant)
+        if head is not None:
+            query = query.where(jobs.c.head == head)
+        if status is not None:
+            query = query.where(jobs.c.status == status)
+        query = query.order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        stale = utcnow() - self.stale_after
+        if any(row.status in ACTIVE and as_utc(row.heartbeat_at) < stale for row in rows):
+            self.fail_stale()  # as get does: a dead process's job is reported failed now
+            return self.list(tenant, head=head, status=status, limit=limit)
+        return [_job_info(row) for row in rows]
+
     def cancel(self, tenant: str, job_id: str) -> JobInfo:
         def cancel(conn: Connection) -> str:
             now = utcnow()

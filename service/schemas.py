@@ -384,6 +384,15 @@ class JobRequest(Request):
     job: JobId
 
 
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class JobListRequest(Request):
+    head: HeadName | None = Field(None, description="Only this head's jobs.")
+    status: JobStatus | None = Field(None, description="Only jobs in this status.")
+    limit: int = Field(20, ge=1, le=200, description="At most this many, newest first.")
+
+
 # -- responses ------------------------------------------------------------------------------
 
 
@@ -532,9 +541,6 @@ class AliasResponse(BaseModel):
     previous: int | None = Field(description="The version it pointed at before, if any.")
 
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-
-
 class JobProgress(BaseModel):
     phase: str = Field(
         description="queued, embedding, fitting, registering or done (where it stopped, if it "
@@ -563,3 +569,7 @@ class JobResponse(BaseModel):
     result: TrainResponse | None = Field(
         description="What /v1/heads/train would have answered (succeeded only)."
     )
+
+
+class JobsResponse(BaseModel):
+    jobs: list[JobResponse] = Field(description="Newest first.")

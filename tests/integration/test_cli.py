@@ -114,6 +114,11 @@ def test_large_files_train_as_jobs_with_progress(made, http, tmp_path):
     assert GraftClient(http=http).wait_for_job(job).version == 2
     refused = graft("jobs", "cancel", job)
     assert refused.exit_code == 1 and "409 job_finished" in refused.stderr
+    listed = json.loads(graft("jobs", "list", "--head", "intents", "--json").stdout)["jobs"]
+    assert [(j["job"] == job, j["version"]) for j in listed] == [(True, 2), (False, 1)]
+    table = graft("jobs", "list", "--status", "succeeded", "--limit", "1")
+    assert table.exit_code == 0, table.output
+    assert job in table.stdout and "succeeded" in table.stdout
 
 
 def test_evaluate_prints_metrics_and_the_confusion_matrix(made, tmp_path):

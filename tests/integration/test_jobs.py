@@ -133,6 +133,28 @@ def test_another_tenants_job_is_not_found(client):
     assert wait_for(client, job)["status"] == "succeeded"
 
 
+def test_jobs_list_the_tenants_own_newest_first_and_filter(client):
+    def listed(tenant: str = "lister", **body: Any) -> list[dict[str, Any]]:
+        response = post(client, "/v1/jobs/list", body, tenant=tenant)
+        assert response.status_code == 200, response.text
+        return response.json()["jobs"]
+
+    assert listed() == []
+    started = []
+    for head in ("first", "second", "first"):
+        job = post(client, "/v1/jobs/train", {"head": head, "examples": SENTIMENT}, tenant="lister")
+        started.append(job.json()["job"])
+        wait_for(client, started[-1], tenant="lister")
+    assert [j["job"] for j in listed()] == started[::-1]
+    assert [(j["head"], j["version"]) for j in listed(head="first")] == [("first", 2), ("first", 1)]
+    assert [j["job"] for j in listed(limit=1)] == [started[-1]]
+    assert listed(status="failed") == []
+    assert [j["status"] for j in listed(status="succeeded")] == ["succeeded"] * 3
+    assert not {j["job"] for j in listed("globex")} & set(started)  # another tenant's: unseen
+    bad = post(client, "/v1/jobs/list", {"status": "done"}, tenant="lister")
+    assert (bad.status_code, bad.json()["error"]["field"]) == (400, "status")
+
+
 def test_cancel_stops_running_and_queued_jobs_and_registers_nothing(client):
     cancelled_before = jobs_total("cancelled")
     body = {"head": "slow", "examples": banking_examples(600)}
