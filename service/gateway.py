@@ -19,13 +19,14 @@ counts in ``graft_requests_total`` by route, status and tenant (opted-in tenants
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import re
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, get_args
 
 import anyio
 import bentoml
@@ -151,7 +152,7 @@ class Gateway:
         except ValidationError as exc:
             # Which head a refused call was for is what an operator looks for first.
             record["head"] = _head_named_in(body)
-            raise validation_error(exc) from None
+            raise validation_error(exc, model) from None
         return body
 
 
@@ -205,7 +206,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def validation_error(exc: ValidationError) -> GraftError:
+def validation_error(exc: ValidationError, model: type[BaseModel] | None = None) -> GraftError:
     """The first problem pydantic found, as a Graft error that names its field."""
     first: Mapping[str, Any] = exc.errors(include_url=False, include_input=False)[0]
     kind = first["type"]
@@ -220,4 +221,38 @@ def validation_error(exc: ValidationError) -> GraftError:
         return UnknownKind(f"unknown head kind: {message}", field=field)
     if kind == MODALITY_MISMATCH:
         return InvalidInput(f"{field}: {message}", field=field)
+    if kind == "extra_forbidden" and model is not None:
+        message += _fields_hint(model, location)
     return BadRequest(f"{field}: {message}", field=field)
+
+
+def _fields_hint(model: type[BaseModel], location: list[str]) -> str:
+    """What an unknown field's object does take, and the likeliest of them: "Extra inputs are
+    not permitted" alone leaves a caller guessing (``"abstain"`` on a predict call is
+    ``"abstain_threshold"``; an example's ``"intent"`` is its ``"label"``)."""
+    *path, unknown = location
+    owner: type[BaseModel] | None = model
+    for part in path:
+        if owner is None:
+            return ""
+        if part.isdigit() or part not in owner.model_fields:
+            continue  # a list index or a mapping key: the model stays the item's
+        owner = _model_in(owner.model_fields[part].annotation)
+    if owner is None:
+        return ""
+    fields = list(owner.model_fields)
+    close = difflib.get_close_matches(unknown, fields, n=1, cutoff=0.7)
+    close += [name for name in fields if unknown in name and name not in close]
+    guess = f"; did you mean {close[0]!r}?" if close else ""
+    return f" (this object takes {', '.join(fields)}){guess}"
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside a field's type (``list[Example] | None`` gives Example)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None

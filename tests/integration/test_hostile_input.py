@@ -239,3 +239,35 @@ def test_an_example_shaped_input_is_told_what_an_input_is(app):
     assert error["field"] == "inputs.0"
     assert "plain text string" in error["message"] and "'text'" in error["message"]
     assert registry_snapshot(home) == before
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "field", "hint"),
+    [
+        (
+            "/v1/predict",
+            {"head": "target", "inputs": ["card?"], "abstain": 0.5},
+            "abstain",
+            "did you mean 'abstain_threshold'?",
+        ),
+        (
+            "/v1/heads/train",
+            {"head": "hostile", "examples": [*EXAMPLES, {"text": "card?", "intent": "card"}]},
+            "examples.4.intent",
+            "(this object takes text, image, label, labels)",
+        ),
+        (
+            "/v1/heads/train",
+            {"head": "hostile", "examples": EXAMPLES, "descriptions": {"card": "my card"}},
+            "descriptions",
+            "did you mean 'label_descriptions'?",
+        ),
+    ],
+)
+def test_an_unknown_field_is_told_what_its_object_takes(app, route, body, field, hint):
+    client, home = app
+    before = registry_snapshot(home)
+    error = assert_clean_refusal(client.post(route, json=body), 400, "invalid_request")
+    assert error["field"] == field
+    assert "Extra inputs are not permitted" in error["message"] and hint in error["message"]
+    assert registry_snapshot(home) == before
