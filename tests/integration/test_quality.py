@@ -375,32 +375,18 @@ def test_label_descriptions_teach_a_one_shot_head_and_are_never_counted(app):
     assert accuracy(classified.json()["predictions"], test) >= 0.93
     # A new version's description of a label replaces its base's; the others are kept.
     more = examples(few_shot(rows("train", INTENTS), per_label=1, seed=1))
-    grown = client.post(
-        "/v1/heads/train",
-        json={
-            "head": "described",
-            "examples": more,
-            "base_version": 1,
-            "label_descriptions": {"card_arrival": "when will my new card arrive"},
-        },
-    )
+
+    def grow(base: int, **descriptions: str):
+        body = {"head": "described", "examples": more, "base_version": base}
+        return client.post("/v1/heads/train", json={**body, "label_descriptions": descriptions})
+
+    grown = grow(1, card_arrival="when will my new card arrive")
     assert grown.status_code == 200, grown.text
     assert grown.json()["n_examples"] == 12
     assert grown.json()["report"]["label_descriptions"] == 6
-    again = client.post(
-        "/v1/heads/train", json={"head": "described", "examples": more, "base_version": 2}
-    )
-    assert again.json()["report"]["label_descriptions"] == 6
+    assert grow(2).json()["report"]["label_descriptions"] == 6  # none sent: the base's kept
     before = registry_snapshot(home)
-    stray = client.post(
-        "/v1/heads/train",
-        json={
-            "head": "described",
-            "examples": more,
-            "base_version": 1,
-            "label_descriptions": {"age_limit": "how old"},
-        },
-    )
+    stray = grow(1, age_limit="how old")
     assert stray.status_code == 400, stray.text
     assert stray.json()["error"]["field"] == "label_descriptions"
     assert "'age_limit'" in stray.json()["error"]["message"]
