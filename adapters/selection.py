@@ -101,9 +101,11 @@ def cross_validate(
     y: np.ndarray,
     folds: int,
     teach_only: np.ndarray | None = None,
+    on_fold: Callable[[], None] | None = None,
 ) -> CVResult:
     """Out-of-fold predictions of the scored rows; every fold also learns from the
-    ``teach_only`` rows. The result's rows are the scored rows, in order."""
+    ``teach_only`` rows. The result's rows are the scored rows, in order. ``on_fold`` is told
+    of each fold fitted."""
     started = time.perf_counter()
     scored = scored_rows(len(y), teach_only)
     always = np.setdiff1d(np.arange(len(y)), scored)
@@ -117,6 +119,8 @@ def cross_validate(
         head = make().fit(X[learns_from], y[learns_from])
         columns = [classes.index(c) for c in head.classes_]
         proba[np.ix_(test, columns)] = head.predict_proba(X[scored[test]])
+        if on_fold is not None:
+            on_fold()
     predicted = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
     truth = np.searchsorted(classes, truth_labels)
     return CVResult(
@@ -168,6 +172,7 @@ def calibrate_abstention(
     y: np.ndarray,
     temperature: float,
     teach_only: np.ndarray | None = None,
+    on_round: Callable[[], None] | None = None,
 ) -> AbstainCalibration:
     """Pick the threshold on the calibrated top probability for ``"abstain": "auto"``.
 
@@ -184,7 +189,7 @@ def calibrate_abstention(
     affordable = int(ABSTAIN_IN_SCOPE_LOSS * len(scored))
     right_conf = np.sort(confidence[right])
     threshold = float(right_conf[affordable]) if affordable < len(right_conf) else 0.0
-    unseen = _unseen_label_confidences(make, X, y, temperature, scored)
+    unseen = _unseen_label_confidences(make, X, y, temperature, scored, on_round)
     return AbstainCalibration(
         threshold=threshold,
         out_of_scope_rejected=float(np.mean(unseen < threshold)) if len(unseen) else 0.0,
@@ -192,16 +197,27 @@ def calibrate_abstention(
     )
 
 
+def holdout_rounds(n_labels: int) -> int:
+    """Rounds of holding labels out for ``"abstain": "auto"``: at most a third of the labels
+    out per round, so at least two are left to train on; none for fewer than 3 labels."""
+    return min(HOLDOUT_ROUNDS, n_labels) if n_labels >= 3 else 0
+
+
 def _unseen_label_confidences(
-    make: HeadFactory, X: Features, y: np.ndarray, temperature: float, scored: np.ndarray
+    make: HeadFactory,
+    X: Features,
+    y: np.ndarray,
+    temperature: float,
+    scored: np.ndarray,
+    on_round: Callable[[], None] | None,
 ) -> np.ndarray:
     classes = sorted(set(y.tolist()))
-    if len(classes) < 3:
+    rounds = holdout_rounds(len(classes))
+    if not rounds:
         return np.zeros(0, dtype=np.float32)  # holding one out would leave a single label
     shuffled = np.random.default_rng(0).permutation(np.asarray(classes, dtype=object))
     found = []
-    # At most a third of the labels out per round, so at least two are left to train on.
-    for held in np.array_split(shuffled, min(HOLDOUT_ROUNDS, len(classes))):
+    for held in np.array_split(shuffled, rounds):
         checkpoint()
         unseen = np.isin(y, held)  # a held-out label's description is held out with it
         head = make().fit(X[~unseen], y[~unseen])
@@ -209,4 +225,6 @@ def _unseen_label_confidences(
         head.temperature_ = temperature
         asked = scored[unseen[scored]]
         found.append(head.predict_proba(X[asked]).max(axis=1))
+        if on_round is not None:
+            on_round()
     return np.concatenate(found)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from adapters.selection import (
     calibrate_abstention,
     cross_validate,
     fit_temperature,
+    holdout_rounds,
     n_folds,
     scored_rows,
     why_no_folds,
@@ -59,11 +60,17 @@ AUTO_KINDS = ("prototype", "linear", "mlp")
 #: timed whether the next one still fits its budget, and an mlp's 50 torch epochs per fold cost
 #: 30 to 45 times a linear fit.
 RELATIVE_CV_COST = {"prototype": 0.5, "linear": 1.0, "mlp": 40.0}
+#: A final fit's cost in cross-validation folds, for the progress a fit reports: it trains on
+#: all the examples (a fold on 4/5), to the full tolerance or for all its epochs (a tuned
+#: head's folds train one epoch of four, an mlp's 50 of 100).
+FINAL_FIT_FOLDS = {"tuned": 5.0, "mlp": 2.5}
 #: What ``auto`` keeps unless another kind clearly does better (see ``_choose``).
 AUTO_DEFAULT = "linear"
 
 #: ``False``, a threshold on the calibrated top probability, or ``"auto"``.
 Abstain = bool | float | str
+#: Told the share of a fit done, 0 to 1, on the fitting thread.
+ProgressHook = Callable[[float], None]
 
 
 @dataclass
@@ -132,6 +139,7 @@ def fit_head(
     budget_s: float = 5.0,
     should_stop: StopCheck | None = None,
     teach_only: Sequence[bool] | None = None,
+    on_progress: ProgressHook | None = None,
 ) -> tuple[Head, TrainingReport]:
     """Fit a head of ``kind`` (or the best kind, for ``"auto"``) and report on it.
 
@@ -142,10 +150,11 @@ def fit_head(
     ``should_stop`` is asked between the fit's steps; once it answers True the fit raises
     :class:`~adapters.stopping.FitStopped`. ``teach_only`` marks rows (label descriptions)
     that every head learns from and no estimate scores: cross-validation, the temperature, the
-    abstention threshold and the report count the other rows, the examples.
+    abstention threshold and the report count the other rows, the examples. ``on_progress``
+    is told the share of the fit done (0 to 1) after each of its steps, on the fitting thread.
     """
     with stoppable(should_stop):
-        return _fit_head(kind, features, labels, inputs, abstain, budget_s, teach_only)
+        return _fit_head(kind, features, labels, inputs, abstain, budget_s, teach_only, on_progress)
 
 
 def _fit_head(
@@ -156,6 +165,7 @@ def _fit_head(
     abstain: Abstain,
     budget_s: float,
     teach_only: Sequence[bool] | None,
+    on_progress: ProgressHook | None,
 ) -> tuple[Head, TrainingReport]:
     started = time.perf_counter()
     form, described = _input_form(kind)
@@ -171,7 +181,8 @@ def _fit_head(
         return _fit_multilabel(features, labels, inputs, started)
     y = np.asarray([str(label) for label in labels], dtype=object)
     folds = n_folds(y[scored].tolist(), len(scored))
-    candidates = _candidates(kind, features, y, folds, started, budget_s, taught)
+    plan = _FitPlan.of(kind, folds, len(set(y.tolist())), abstain, on_progress)
+    candidates = _candidates(kind, features, y, folds, started, budget_s, taught, plan.step)
     best = _choose(kind, candidates, len(scored))
     if best is not None:
         chosen_kind, params = best.kind, best.params
@@ -180,6 +191,7 @@ def _fit_head(
     make = _factory(chosen_kind, params)
     checkpoint()
     head = make().fit(features, y)
+    plan.step(plan.final)
     calibrated = best is not None and chosen_kind != "prototype"
     temperature = fit_temperature(best, y[scored]) if best and calibrated else 1.0
     head.temperature_ = temperature
@@ -187,7 +199,7 @@ def _fit_head(
     if abstain == "auto":
         assert best is not None
         quick = _factory(chosen_kind, {**params, **CV_SHORTCUTS.get(chosen_kind, {})})
-        found = calibrate_abstention(best, quick, features, y, temperature, taught)
+        found = calibrate_abstention(best, quick, features, y, temperature, taught, plan.step)
         head.abstain_threshold_ = found.threshold
         calibration = found.to_dict()
     elif abstain is not False and abstain is not True:
@@ -211,6 +223,32 @@ def _fit_head(
         warnings=data_warnings([inputs[i] for i in scored], y[scored].tolist()),
     )
     return head, report
+
+
+@dataclass
+class _FitPlan:
+    """A fit's steps, each weighted by its rough cost in folds: the share done goes to
+    ``hook``. An ``auto`` fit that skips kinds past its budget jumps ahead."""
+
+    hook: ProgressHook | None
+    total: float
+    final: float
+    done: float = 0.0
+
+    @classmethod
+    def of(
+        cls, kind: str, folds: int, n_labels: int, abstain: Abstain, hook: ProgressHook | None
+    ) -> _FitPlan:
+        kinds = AUTO_KINDS if kind == "auto" else (kind,)
+        cv_fits = folds * sum(len(CANDIDATES[each]) for each in kinds)
+        rounds = holdout_rounds(n_labels) if abstain == "auto" else 0
+        final = FINAL_FIT_FOLDS.get(kind, 1.0)
+        return cls(hook, cv_fits + rounds + final, final)
+
+    def step(self, weight: float = 1.0) -> None:
+        self.done += weight
+        if self.hook is not None:
+            self.hook(min(self.done / self.total, 1.0))
 
 
 def _teach_only_mask(
@@ -313,6 +351,7 @@ def _candidates(
     started: float,
     budget_s: float,
     teach_only: np.ndarray | None,
+    on_fold: Callable[[], None],
 ) -> list[CVResult]:
     """Cross-validated candidates; ``auto`` stops trying kinds once its budget is spent."""
     if not folds:
@@ -324,7 +363,7 @@ def _candidates(
             if kind == "auto" and results and _would_overrun(results, each, started, budget_s):
                 return results
             quick = _factory(each, {**params, **CV_SHORTCUTS.get(each, {})})
-            results.append(cross_validate(each, params, quick, X, y, folds, teach_only))
+            results.append(cross_validate(each, params, quick, X, y, folds, teach_only, on_fold))
     return results
 
 

@@ -278,6 +278,7 @@ class HeadService:
                     abstain=abstain,
                     budget_s=budget_s,
                     teach_only=data.teach_only_mask(),
+                    on_progress=progress.fitted if progress is not None else None,
                 )
 
         try:

@@ -204,6 +204,7 @@ class _JobProgress:
         self.job_id = job_id
         self._last_write = 0.0
         self._last_read = 0.0
+        self._ended_elsewhere = False
 
     async def embedded(self, done: int, total: int) -> None:
         self._stop_if_cancelled_here()
@@ -221,7 +222,7 @@ class _JobProgress:
     def stopped(self) -> bool:
         # Asked often, on the fitting thread: a cancel that reached this process is a set
         # lookup; one that reached another process or replica costs a read, so one a second.
-        if self.job_id in self.runner._stopping:
+        if self.job_id in self.runner._stopping or self._ended_elsewhere:
             return True
         now = time.monotonic()
         if now - self._last_read < STOP_READ_INTERVAL_S:
@@ -232,6 +233,19 @@ class _JobProgress:
         except Exception:  # a database hiccup must not fail the fit; the next read may tell
             log.warning("could not read whether job %s was cancelled", self.job_id, exc_info=True)
             return False
+
+    def fitted(self, fraction: float) -> None:
+        # On the fitting thread, between folds: a write at most every PROGRESS_INTERVAL_S, and
+        # none that can fail the fit (the next one, or the phase after it, will tell).
+        now = time.monotonic()
+        if now - self._last_write < PROGRESS_INTERVAL_S and fraction < 1.0:
+            return
+        self._last_write = now
+        try:
+            if not self.runner.store.record_progress(self.job_id, "fitting", fraction):
+                self._ended_elsewhere = True  # cancelled through another process: stop now
+        except Exception:
+            log.warning("could not record job %s's progress", self.job_id, exc_info=True)
 
     def _stop_if_cancelled_here(self) -> None:
         if self.job_id in self.runner._stopping:

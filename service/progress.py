@@ -4,7 +4,8 @@
 embedded, and when it moves on to fitting and to registering); a training job's hooks write the
 progress to the job's row and raise :class:`TrainingStopped` once the job has been cancelled, so
 the training ends at the next checkpoint and never registers a version. While the head is
-fitted, the fit asks :meth:`TrainingProgress.stopped` between its steps (folds, epochs).
+fitted, the fit asks :meth:`TrainingProgress.stopped` between its steps (folds, epochs), and
+tells :meth:`TrainingProgress.fitted` the share of it done after each fold and holdout round.
 """
 
 from __future__ import annotations
@@ -29,3 +30,7 @@ class TrainingProgress(Protocol):
 
     def stopped(self) -> bool:
         """Whether the training should stop now: asked on the fitting thread between its steps."""
+
+    def fitted(self, fraction: float) -> None:
+        """``fraction`` of the fit is done: told on the fitting thread, so it must not block
+        for long, and must not raise."""

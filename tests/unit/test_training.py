@@ -347,3 +347,14 @@ def test_a_description_of_a_label_without_examples_is_refused(features):
     listed = [[label] for label in labels]
     with pytest.raises(TrainingDataError, match="multilabel heads take no label descriptions"):
         fit_head("multilabel", X, listed, texts, teach_only=teach_only)
+
+
+def test_a_fit_reports_its_share_done_after_each_step(features):
+    told: list[float] = []
+    fit(features, abstain="auto", on_progress=told.append)
+    # 2 candidates x 5 folds, the final fit, then 3 rounds of labels held out.
+    assert len(told) == 2 * 5 + 1 + 3
+    assert told == sorted(told) and told[-1] == 1.0 and told[0] == pytest.approx(1 / 14)
+    told.clear()
+    fit(features, kind="prototype", on_progress=told.append)  # one candidate, no abstention
+    assert told == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0])
