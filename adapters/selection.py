@@ -35,6 +35,11 @@ MAX_FOLDS = 5
 MAX_CV_EXAMPLES = 6000
 #: "auto" abstention may cost at most this share of in-scope answers that were right.
 ABSTAIN_IN_SCOPE_LOSS = 0.02
+#: Leaving the probabilities as they are counts as this many out-of-fold examples' worth of
+#: evidence when the temperature is fitted. Without it, a set that cross-validation gets all
+#: right drives the temperature to its bound of 0.05: 8 banking77 intents with 2 examples each
+#: then scored 0.995 on average on unseen sentences, of which 87.5% were right.
+TEMPERATURE_PRIOR_EXAMPLES = 1.0
 #: Labels held out per round when estimating how unseen intents score.
 HOLDOUT_ROUNDS = 3
 
@@ -142,11 +147,13 @@ def _nll(proba: np.ndarray, truth: np.ndarray) -> float:
 
 def fit_temperature(result: CVResult, y: np.ndarray) -> float:
     """The softmax temperature that makes the out-of-fold probabilities best calibrated
-    (``y``: the labels of the rows cross-validation scored)."""
+    (``y``: the labels of the rows cross-validation scored), drawn towards 1 by a weak prior
+    (``TEMPERATURE_PRIOR_EXAMPLES``)."""
     truth = np.searchsorted(result.classes, y)
+    weight = TEMPERATURE_PRIOR_EXAMPLES / len(truth)
 
     def loss(log_t: float) -> float:
-        return _nll(tempered(result.proba, float(np.exp(log_t))), truth)
+        return _nll(tempered(result.proba, float(np.exp(log_t))), truth) + weight * log_t**2
 
     best = minimize_scalar(loss, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(best.x))

@@ -192,7 +192,9 @@ def _fit_head(
     checkpoint()
     head = make().fit(features, y)
     plan.step(plan.final)
-    calibrated = best is not None and chosen_kind != "prototype"
+    # A prototype head calibrates its own scale by leave-one-out over every row it is given,
+    # label descriptions too; with descriptions, the out-of-fold examples correct it.
+    calibrated = best is not None and (chosen_kind != "prototype" or taught is not None)
     temperature = fit_temperature(best, y[scored]) if best and calibrated else 1.0
     head.temperature_ = temperature
     calibration = None

@@ -358,3 +358,14 @@ def test_a_fit_reports_its_share_done_after_each_step(features):
     told.clear()
     fit(features, kind="prototype", on_progress=told.append)  # one candidate, no abstention
     assert told == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0])
+
+
+def test_a_prototype_head_with_descriptions_is_calibrated_on_its_examples(features):
+    X, labels, texts, teach_only = described_set(features, per_label=2)
+    head, report = fit_head("prototype", X, labels, texts, teach_only=teach_only)
+    # Its own leave-one-out scale also holds the descriptions out; the temperature fitted on
+    # the examples' out-of-fold scores corrects it.
+    assert report.temperature != 1.0
+    proba = head.predict_proba(features.test_X)
+    correct = np.asarray(head.classes_)[proba.argmax(axis=1)] == np.asarray(features.test_y)
+    assert expected_calibration_error(proba.max(axis=1), correct) < 0.1
