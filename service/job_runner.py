@@ -66,6 +66,7 @@ class JobRunner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping: set[str] = set()  # cancelled through this process: stop at once
         self._started: set[str] = set()  # holding the one-job slot; the others wait for it
+        self._creating = 0  # submits writing their job's row: their queue places are taken
         self._loop: asyncio.AbstractEventLoop | None = None
         self._one_at_a_time: asyncio.Semaphore | None = None
         self._closed = threading.Event()
@@ -88,12 +89,19 @@ class JobRunner:
         self, tenant: str, head: str, kind: str, request: dict[str, Any], train: Training
     ) -> JobInfo:
         """Record a queued job and start it in the background; answers at once."""
-        if len(self._tasks) >= self.max_queued:
+        held = len(self._tasks) + self._creating
+        if held >= self.max_queued:
             raise Unavailable(
-                f"this server process already has {len(self._tasks)} training jobs queued or "
-                "running (GRAFT_MAX_QUEUED_JOBS); retry later"
+                f"this server process already has {held} training jobs queued or running "
+                "(GRAFT_MAX_QUEUED_JOBS); retry later"
             )
-        job = await anyio.to_thread.run_sync(self.store.create, tenant, head, kind, request)
+        # The place is taken before the row is written: concurrent submits each await that
+        # write, and counting only the started tasks let 24 of them past a limit of 8.
+        self._creating += 1
+        try:
+            job = await anyio.to_thread.run_sync(self.store.create, tenant, head, kind, request)
+        finally:
+            self._creating -= 1
         self._loop = asyncio.get_running_loop()
         task = self._loop.create_task(self._run(job, train), name=f"job-{job.id}")
         self._tasks[job.id] = task

@@ -204,3 +204,23 @@ def test_heartbeats_keep_a_long_job_alive_and_shutdown_fails_it(runner):
     state = runner.store.get("acme", job.id)
     assert (state.status, state.error_code) == ("failed", "job_interrupted")
     assert "shut down" in (state.error_message or "")
+
+
+def test_concurrent_submits_cannot_pass_the_queue_limit(runner):
+    async def scenario():
+        gate = asyncio.Event()  # never set: the jobs hold their places
+        tries = [runner.submit("acme", "h", "linear", {}, training(1, gate=gate)) for _ in range(6)]
+        found = await asyncio.gather(*tries, return_exceptions=True)
+        for job in found:
+            if not isinstance(job, Exception):
+                runner.store.cancel("acme", job.id)
+                runner.stop_local(job.id)
+        while runner._tasks:  # the running one stops at its next checkpoint
+            gate.set()
+            await asyncio.sleep(0.01)
+        return found
+
+    found = asyncio.run(scenario())
+    # Each submit awaits its row's write; before, all 6 were let in past max_queued=2.
+    assert sum(not isinstance(job, Exception) for job in found) == 2
+    assert sum(isinstance(job, Unavailable) for job in found) == 4
