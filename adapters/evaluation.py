@@ -76,7 +76,7 @@ def evaluate_head(
     """
     check_truth(head, truth)
     if head.multilabel:
-        return _evaluate_multilabel(head, proba, truth)
+        return _evaluate_multilabel(head, proba, truth, abstain_threshold)
     y_true = np.asarray([str(v) for v in truth], dtype=object)
     y_pred = np.asarray(head.classes_, dtype=object)[proba.argmax(axis=1)]
     labels = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
@@ -132,14 +132,24 @@ def _per_label(
     }
 
 
-def _evaluate_multilabel(head: Head, proba: np.ndarray, truth: Sequence[Any]) -> Evaluation:
+def _evaluate_multilabel(
+    head: Head, proba: np.ndarray, truth: Sequence[Any], cut: float | None
+) -> Evaluation:
+    """Per-label metrics at the head's cut (or ``cut``, as a predict call's
+    ``abstain_threshold`` sets it), over the labels true or predicted in these examples."""
     sets = [[str(v) for v in row] for row in truth]
-    labels = sorted(set(head.classes_) | {v for row in sets for v in row})  # every column
-    binarizer = MultiLabelBinarizer(classes=labels).fit([labels])
+    every = sorted(set(head.classes_) | {v for row in sets for v in row})
+    binarizer = MultiLabelBinarizer(classes=every).fit([every])
     y_true = binarizer.transform(sets)
-    columns = [labels.index(c) for c in head.classes_]
+    columns = [every.index(c) for c in head.classes_]
     y_pred = np.zeros_like(y_true)
-    y_pred[:, columns] = proba >= head.params["threshold"]
+    y_pred[:, columns] = proba >= (head.params["threshold"] if cut is None else cut)
+    # As for single-label heads: a label neither true nor predicted here does not count.
+    present = (y_true.any(axis=0) | y_pred.any(axis=0)).nonzero()[0]
+    if not len(present):  # no label true or predicted anywhere: every column, as before
+        present = np.arange(len(every))
+    labels = [every[i] for i in present]
+    y_true, y_pred = y_true[:, present], y_pred[:, present]
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, zero_division=0
     )
