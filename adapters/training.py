@@ -175,6 +175,7 @@ def _fit_head(
     taught = _teach_only_mask(kind, labels, teach_only)
     scored = scored_rows(len(labels), taught)
     example_labels = [labels[i] for i in scored]
+    check_label_count(kind, example_labels)
     check_abstain_option(kind, example_labels, abstain)
     if kind == "multilabel":
         assert isinstance(features, np.ndarray)
@@ -287,6 +288,20 @@ def check_label_form(kind: str, labels: Sequence[Any]) -> None:
             raise TrainingDataError(
                 f"only multilabel heads take a list of labels per example (example {index})"
             )
+
+
+def check_label_count(kind: str, labels: Sequence[Any]) -> None:
+    """Enough distinct labels for ``kind``: a caller can ask before any embedding (``auto``
+    needs what its default kind needs; multilabel heads check their labels themselves)."""
+    if kind == "multilabel":
+        return
+    cls = HEAD_KINDS.get(AUTO_DEFAULT if kind == "auto" else kind)
+    needed = cls.min_labels if cls is not None else 2
+    found = len({str(label) for label in labels})
+    if found < needed:
+        raise TrainingDataError(
+            f"a {kind} head needs at least {needed} distinct labels, got {found}"
+        )
 
 
 def check_abstain_option(kind: str, labels: Sequence[Any], abstain: Abstain) -> None:

@@ -35,6 +35,7 @@ from adapters.training import (
     Abstain,
     TrainingReport,
     check_abstain_option,
+    check_label_count,
     check_label_form,
     fit_head,
 )
@@ -45,6 +46,7 @@ from service.cache import HeadCache
 from service.errors import (
     AliasNotFound,
     BackboneMismatch,
+    BadRequest,
     HeadNotFound,
     InvalidExamples,
     KindNotSupported,
@@ -245,7 +247,12 @@ class HeadService:
         if with_texts and base is not None:
             base.kept_texts()  # a base that kept no texts is refused before any embedding
         features: np.ndarray | TokenStates
-        if progress is None and tuned:
+        if not inputs:  # a new version from its base's examples alone: nothing to embed
+            empty = np.zeros((0, self.backbone.dim), dtype=np.float32)
+            features = TokenStates.from_rows([]) if tuned else empty
+            if progress is not None:
+                await progress.phase("fitting")
+        elif progress is None and tuned:
             features = await self.token_states(inputs, bulk=True, field="examples")
         elif progress is None:
             features = await self.embed(inputs, bulk=True, field="examples")
@@ -304,6 +311,12 @@ class HeadService:
         when it is submitted, not a failed job later. (The checks that need a base version's
         examples are made when the training runs; ``count_tokens=False`` leaves a tuned head's
         token budget to the embedding pass, which tokenises anyway.)"""
+        if not texts and not with_base:
+            raise BadRequest(
+                "examples: at least one example is needed (none only with a base_version, whose "
+                "examples the new version then learns from alone)",
+                field="examples",
+            )
         self.limits.check_examples(texts, labels)
         cls = HEAD_KINDS.get(kind)
         if cls is not None and cls.takes_token_states:
@@ -320,11 +333,15 @@ class HeadService:
                     field="label_descriptions",
                 )
         if not with_base:  # a base's examples may give a label its second example, or a label
+            with _refused_on("examples"):
+                check_label_count(kind, labels)
             with _refused_on("abstain"):
                 check_abstain_option(kind, labels, abstain)
             _check_described(descriptions or {}, labels)
         if count_tokens and cls is not None and cls.takes_token_states:
-            items = await self._prepare(texts, bulk=True, field="examples")
+            # The descriptions are embedded with the examples, so they share the budget.
+            everything = [*texts, *(descriptions or {}).values()]
+            items = await self._prepare(everything, bulk=True, field="examples")
             self._check_token_budget(items, "examples")
 
     async def _embed_reporting(

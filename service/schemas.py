@@ -287,7 +287,10 @@ LabelDescriptions = Annotated[
 
 class TrainRequest(Request):
     head: HeadName
-    examples: list[Example] = Field(min_length=1)
+    examples: list[Example] = Field(
+        description="At least one, unless base_version is given: a new version may learn from "
+        "its base's examples alone (another kind or abstain option, new label descriptions)."
+    )
     kind: HeadKind = "linear"
     abstain: AbstainOption = False
     base_version: VersionSelector = Field(

@@ -108,12 +108,17 @@ def test_heads_that_read_more_than_features_train_as_jobs_and_serve(client, kind
     assert sum(label == e["label"] for label, e in zip(labels, picked, strict=True)) >= 23
 
 
-def test_bad_examples_fail_the_job_with_the_error_code(client):
+def test_bad_examples_are_refused_at_once_or_fail_the_job_with_the_error_code(client):
     one_label = [{"text": "hello there", "label": "greeting"}, {"text": "hi", "label": "greeting"}]
-    started = post(client, "/v1/jobs/train", {"head": "lonely", "examples": one_label})
-    done = wait_for(client, started.json()["job"])
-    assert done["status"] == "failed"
-    assert done["error"]["code"] == "invalid_examples"
+    for kind in ("linear", "auto"):
+        body = {"head": "lonely", "examples": one_label, "kind": kind}
+        refused = post(client, "/v1/jobs/train", body)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (400, "invalid_examples")
+        assert f"a {kind} head needs at least 2 distinct labels, got 1" in refused.text
+    # What needs a base version is checked when the job runs: it fails, saying why.
+    body = {"head": "lonely", "examples": SENTIMENT, "base_version": 5}
+    done = wait_for(client, post(client, "/v1/jobs/train", body).json()["job"])
+    assert (done["status"], done["error"]["code"]) == ("failed", "head_not_found")
     assert (done["version"], done["result"]) == (None, None)
 
 

@@ -385,6 +385,20 @@ def test_label_descriptions_teach_a_one_shot_head_and_are_never_counted(app):
     assert grown.json()["n_examples"] == 12
     assert grown.json()["report"]["label_descriptions"] == 6
     assert grow(2).json()["report"]["label_descriptions"] == 6  # none sent: the base's kept
+    # A base's examples alone: new descriptions, or another kind, without one more example.
+    described_only = client.post(
+        "/v1/heads/train",
+        json={
+            "head": "described",
+            "examples": [],
+            "base_version": 1,
+            "kind": "prototype",
+            "label_descriptions": {"card_arrival": "where is my card"},
+        },
+    )
+    assert described_only.status_code == 200, described_only.text
+    assert (described_only.json()["kind"], described_only.json()["n_examples"]) == ("prototype", 6)
+    assert described_only.json()["report"]["label_descriptions"] == 6
     before = registry_snapshot(home)
     stray = grow(1, age_limit="how old")
     assert stray.status_code == 400, stray.text
@@ -480,4 +494,10 @@ def test_a_tuned_head_over_its_token_budget_is_refused_before_embedding(app, pat
         "examples",
         "tuned_padded_tokens",
     )
+    # 1,024 short texts fit; one long description pads them all to 256 tokens (262,400).
+    short = [{"text": f"short text {i}", "label": f"l{i % 2}"} for i in range(1024)]
+    described = {"kind": "tuned", "label_descriptions": {"l0": "word " * 400}}
+    response = client.post(path, json={"head": "too-big", "examples": short, **described})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["limit"] == "tuned_padded_tokens"
     assert registry_snapshot(home) == before
