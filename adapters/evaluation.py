@@ -113,6 +113,7 @@ def _abstention(
         "coverage": float(answered.mean()),
         "answered_accuracy": float(correct[answered].mean()) if answered.any() else None,
         "accuracy": float((correct & answered).mean()),
+        "open_set_accuracy": float(((correct & answered) | (unknown & ~answered)).mean()),
         "unknown_label_examples": int(unknown.sum()),
         "unknown_label_refused": float((~answered[unknown]).mean()) if unknown.any() else None,
     }

@@ -247,7 +247,8 @@ class Graft:
                 limit=request.limit,
             )
         )
-        return JobsResponse(jobs=[_job_response(job) for job in found])
+        # Without each result (a version's whole report): /v1/jobs/get has it.
+        return JobsResponse(jobs=[_job_response(job, with_result=False) for job in found])
 
     @endpoint("/v1/jobs/cancel", JobRequest, JobResponse)
     async def cancel_job(self, request: JobRequest, caller: Caller) -> JobResponse:
@@ -292,7 +293,7 @@ class Graft:
 Graft.add_asgi_middleware(Gateway)  # type: ignore[attr-defined]
 
 
-def _job_response(job: JobInfo) -> JobResponse:
+def _job_response(job: JobInfo, *, with_result: bool = True) -> JobResponse:
     error = None
     if job.error_code is not None:
         error = JobError(code=job.error_code, message=job.error_message or "")
@@ -308,7 +309,7 @@ def _job_response(job: JobInfo) -> JobResponse:
         finished=job.finished_at,
         error=error,
         version=job.version,
-        result=TrainResponse.model_validate(job.result) if job.result is not None else None,
+        result=TrainResponse.model_validate(job.result) if with_result and job.result else None,
     )
 
 

@@ -175,9 +175,11 @@ def job(state: JobResponse) -> Table:
 def jobs(found: JobsResponse) -> RenderableType:
     if not found.jobs:
         return "no jobs"
-    table = Table("job", "head", "kind", "status", "phase", "examples", "version", "created")
+    failed = any(state.error is not None for state in found.jobs)
+    columns = ["job", "head", "kind", "status", "phase", "examples", "version", "created"]
+    table = Table(*columns, *(["error"] if failed else []))
     for state in found.jobs:
-        table.add_row(
+        row = [
             state.job,
             state.head,
             state.kind,
@@ -186,7 +188,10 @@ def jobs(found: JobsResponse) -> RenderableType:
             str(state.n_examples),
             str(state.version) if state.version is not None else "",
             f"{state.created:%Y-%m-%d %H:%M:%S}",
-        )
+        ]
+        if failed:  # the code only: `graft jobs show JOB` has the message
+            row.append(state.error.code if state.error is not None else "")
+        table.add_row(*row)
     return table
 
 
@@ -206,7 +211,12 @@ def evaluation(answer: EvaluateResponse) -> RenderableType:
         summary.append(
             (
                 "abstained",
-                f"{kept.abstained} (threshold {kept.threshold:.2f}, coverage {kept.coverage:.3f})",
+                f"{kept.abstained} (threshold {kept.threshold:.2f}, coverage {kept.coverage:.3f}"
+                + (
+                    f", accuracy on the answered {kept.answered_accuracy:.3f})"
+                    if kept.answered_accuracy is not None
+                    else ")"
+                ),
             )
         )
         if kept.unknown_label_refused is not None:

@@ -241,8 +241,11 @@ def _fields_hint(model: type[BaseModel], location: list[str]) -> str:
     if owner is None:
         return ""
     fields = list(owner.model_fields)
+    if not fields:
+        return " (this object takes no fields: send {})"
     close = difflib.get_close_matches(unknown, fields, n=1, cutoff=0.7)
-    close += [name for name in fields if unknown in name and name not in close]
+    if len(unknown) >= 3:  # "" or "k" is part of too many names to mean one of them
+        close += [n for n in fields if (unknown in n or n in unknown) and n not in close]
     guess = f"; did you mean {close[0]!r}?" if close else ""
     return f" (this object takes {', '.join(fields)}){guess}"
 

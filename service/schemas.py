@@ -376,10 +376,22 @@ class KeyRevokeRequest(Request):
     prefix: KeyPrefix
 
 
+def _job_id(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{32}", value):
+        raise ValueError(
+            "a job id is the 32 hexadecimal characters /v1/jobs/train answered (graft jobs "
+            "list shows them)"
+        )
+    return value
+
+
 JobId = Annotated[
     str,
-    StringConstraints(pattern=r"^[0-9a-f]{32}$"),
-    Field(description="A training job's id, as /v1/jobs/train answered it."),
+    AfterValidator(_job_id),
+    Field(
+        description="A training job's id, as /v1/jobs/train answered it.",
+        json_schema_extra={"pattern": "^[0-9a-f]{32}$"},
+    ),
 ]
 
 
@@ -451,6 +463,10 @@ class AbstentionMetrics(BaseModel):
     coverage: float = Field(description="Share of examples answered.")
     answered_accuracy: float | None = Field(description="Accuracy on the answered examples.")
     accuracy: float = Field(description="Accuracy counting every abstention as wrong.")
+    open_set_accuracy: float = Field(
+        description="Accuracy counting a refusal right where the true label is one the head was "
+        "never taught, and wrong elsewhere."
+    )
     unknown_label_examples: int = Field(
         description="Examples whose label the head was never taught (out of scope)."
     )
@@ -575,4 +591,4 @@ class JobResponse(BaseModel):
 
 
 class JobsResponse(BaseModel):
-    jobs: list[JobResponse] = Field(description="Newest first.")
+    jobs: list[JobResponse] = Field(description='Newest first, each without its "result".')

@@ -119,6 +119,13 @@ def test_large_files_train_as_jobs_with_progress(made, http, tmp_path):
     table = graft("jobs", "list", "--status", "succeeded", "--limit", "1")
     assert table.exit_code == 0, table.output
     assert job in table.stdout and "succeeded" in table.stdout
+    assert "error" not in table.stdout  # no failed job listed: no error column
+    failing = graft("train", "--head", "nothing", "--file", str(data), "--base-version", "3")
+    assert failing.exit_code == 1 and "head_not_found" in failing.stderr
+    lost = graft("train", "--head", "nothing", "--file", str(data), "--base-version", "3", "--job")
+    assert lost.exit_code == 1 and "head_not_found" in lost.stderr
+    failed = graft("jobs", "list", "--status", "failed", "--limit", "1")
+    assert "error" in failed.stdout and "head_not_found" in failed.stdout
 
 
 def test_evaluate_prints_metrics_and_the_confusion_matrix(made, tmp_path):
@@ -135,6 +142,17 @@ def test_evaluate_prints_metrics_and_the_confusion_matrix(made, tmp_path):
         graft("evaluate", "--head", "judge", "--file", str(held_out), *COLUMNS, "--json").stdout
     )
     assert (scored["accuracy"], scored["n_examples"]) == (1.0, 2)
+    judged = graft(
+        "evaluate",
+        "--head",
+        "judge",
+        "--file",
+        str(held_out),
+        *COLUMNS,
+        "--abstain-threshold",
+        "0.5",
+    )
+    assert "accuracy on the answered 1.000" in " ".join(judged.stdout.split())
     assert scored["confusion_matrix"] == [[1, 0], [0, 1]]
     out_of_scope = write_csv(tmp_path / "other.csv", [("Where is your nearest branch?", "branch")])
     args = ("evaluate", "--head", "judge", "--file", str(out_of_scope), *COLUMNS)

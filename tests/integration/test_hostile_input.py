@@ -262,6 +262,19 @@ def test_an_example_shaped_input_is_told_what_an_input_is(app):
             "descriptions",
             "did you mean 'label_descriptions'?",
         ),
+        (
+            "/v1/heads/train",
+            {"head": "hostile", "examples": EXAMPLES, "abstain_threshold": 0.5},
+            "abstain_threshold",
+            "did you mean 'abstain'?",
+        ),
+        (
+            "/v1/heads/train",
+            {"head": "hostile", "examples": EXAMPLES, "": 1},
+            "",
+            "(this object takes head, examples, kind, abstain, base_version, label_descriptions)",
+        ),
+        ("/v1/heads/list", {"heads": []}, "heads", "(this object takes no fields: send {})"),
     ],
 )
 def test_an_unknown_field_is_told_what_its_object_takes(app, route, body, field, hint):
@@ -270,4 +283,5 @@ def test_an_unknown_field_is_told_what_its_object_takes(app, route, body, field,
     error = assert_clean_refusal(client.post(route, json=body), 400, "invalid_request")
     assert error["field"] == field
     assert "Extra inputs are not permitted" in error["message"] and hint in error["message"]
+    assert field or "did you mean" not in error["message"]  # "" is part of every name
     assert registry_snapshot(home) == before

@@ -127,6 +127,7 @@ def test_limits_and_schema_refuse_at_once(client):
     assert (too_many.status_code, too_many.json()["error"]["limit"]) == (400, "GRAFT_MAX_EXAMPLES")
     bad_id = post(client, "/v1/jobs/get", {"job": "../../etc"})
     assert (bad_id.status_code, bad_id.json()["error"]["field"]) == (400, "job")
+    assert "a job id is the 32 hexadecimal characters" in bad_id.json()["error"]["message"]
 
 
 def test_another_tenants_job_is_not_found(client):
@@ -153,6 +154,9 @@ def test_jobs_list_the_tenants_own_newest_first_and_filter(client):
     assert [j["job"] for j in listed()] == started[::-1]
     assert [(j["head"], j["version"]) for j in listed(head="first")] == [("first", 2), ("first", 1)]
     assert [j["job"] for j in listed(limit=1)] == [started[-1]]
+    assert all(j["result"] is None for j in listed())  # /v1/jobs/get has it
+    one = post(client, "/v1/jobs/get", {"job": started[0]}, tenant="lister").json()
+    assert one["result"]["version"] == 1
     assert listed(status="failed") == []
     assert [j["status"] for j in listed(status="succeeded")] == ["succeeded"] * 3
     assert not {j["job"] for j in listed("globex")} & set(started)  # another tenant's: unseen

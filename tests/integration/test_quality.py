@@ -279,6 +279,9 @@ def test_abstention_refuses_an_unseen_intent_and_answers_known_ones(app):
     assert judged["unknown_labels"] == [OUT_OF_SCOPE]
     assert judged["abstention"]["unknown_label_examples"] == 10
     assert judged["abstention"]["unknown_label_refused"] == len(refused) / 10
+    # Right answers on the known intents, and refusals on the unknown one, over all 40.
+    right = sum(p["label"] == row.label for p, row in zip(known, TEST, strict=True))
+    assert judged["abstention"]["open_set_accuracy"] == pytest.approx((right + len(refused)) / 40)
 
 
 def test_evaluate_matches_scikit_learn_on_the_same_predictions(app):
