@@ -228,6 +228,7 @@ class HeadService:
             descriptions=descriptions,
         )
         if base is not None:
+            _check_grows_into(base, kind)
             self.limits.check_training_set(
                 base.n_examples + len(texts),
                 base.labels + list(labels),
@@ -565,6 +566,25 @@ class HeadService:
         self.cache.put(ref.id, fitted, state.nbytes)
         metrics.HEAD_LOAD_SECONDS.observe(time.perf_counter() - started)
         return fitted
+
+
+def _check_grows_into(base: TrainingSet, kind: str) -> None:
+    """A multilabel base grows only into a multilabel head, and a single-label one into any
+    other kind: said first, before a mismatch shows up as some other check's puzzling refusal."""
+    lists = any(isinstance(label, tuple) for label in base.labels)
+    if lists and kind != "multilabel":
+        raise InvalidExamples(
+            "the base version is a multilabel head's (its examples carry lists of labels): "
+            'send "kind": "multilabel" and "labels" lists, or train this kind with all its '
+            "examples",
+            field="base_version",
+        )
+    if not lists and kind == "multilabel" and base.labels:
+        raise InvalidExamples(
+            "the base version's examples carry single labels, and a multilabel head learns "
+            "from lists of labels: train it with all its examples as lists",
+            field="base_version",
+        )
 
 
 def _check_described(descriptions: Mapping[str, str], labels: Sequence[Any]) -> None:

@@ -254,6 +254,18 @@ def test_multilabel_head_answers_every_label_of_a_sentence(app):
         right += set(p["labels"]) == expected
         assert p["abstained"] is (not p["labels"])
     assert right / len(TEST) >= 0.7  # every label right: measured 0.8 on these 30 sentences
+    # It grows only into a multilabel head, and says so before any other check.
+    grown = client.post(
+        "/v1/heads/train",
+        json={
+            "head": "topics",
+            "examples": examples(TRAIN[:2]),
+            "base_version": 1,
+            "label_descriptions": {"card": "my card"},
+        },
+    )
+    assert (grown.status_code, grown.json()["error"]["field"]) == (400, "base_version")
+    assert 'send "kind": "multilabel"' in grown.json()["error"]["message"]
 
 
 def test_abstention_refuses_an_unseen_intent_and_answers_known_ones(app):
