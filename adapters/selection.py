@@ -27,7 +27,7 @@ from adapters.tuned import TokenStates
 #: At most this many folds. Each fold's head trains on 4/5 of the examples, so it is nearly as
 #: sure as the final head: with 3 folds (2/3 of the examples) the abstention threshold came out
 #: low, and a linear head's ``"auto"`` refused 21.5% of out-of-scope queries at a cost of 1.0
-#: point; with 5 it refuses 25.3% at 1.3 (bench/RESULTS-quality.md). 10 folds overshot the
+#: point; with 5 it refuses 25.3 to 25.4% at 1.3 (bench/RESULTS-quality.md). 10 folds overshot the
 #: 2-point budget on one draw of three (3.1 points, offline). The CV estimates are closer to
 #: the test split's, and the choice of ``C`` a little better (+0.15 points at 10 shots).
 MAX_FOLDS = 5
