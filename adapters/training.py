@@ -299,8 +299,9 @@ def check_label_count(kind: str, labels: Sequence[Any]) -> None:
     needed = cls.min_labels if cls is not None else 2
     found = len({str(label) for label in labels})
     if found < needed:
+        article = "an" if kind[:1] in "aeiou" else "a"
         raise TrainingDataError(
-            f"a {kind} head needs at least {needed} distinct labels, got {found}"
+            f"{article} {kind} head needs at least {needed} distinct labels, got {found}"
         )
 
 

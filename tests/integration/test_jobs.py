@@ -110,11 +110,11 @@ def test_heads_that_read_more_than_features_train_as_jobs_and_serve(client, kind
 
 def test_bad_examples_are_refused_at_once_or_fail_the_job_with_the_error_code(client):
     one_label = [{"text": "hello there", "label": "greeting"}, {"text": "hi", "label": "greeting"}]
-    for kind in ("linear", "auto"):
+    for kind, named in (("linear", "a linear head"), ("auto", "an auto head")):
         body = {"head": "lonely", "examples": one_label, "kind": kind}
         refused = post(client, "/v1/jobs/train", body)
         assert (refused.status_code, refused.json()["error"]["code"]) == (400, "invalid_examples")
-        assert f"a {kind} head needs at least 2 distinct labels, got 1" in refused.text
+        assert f"{named} needs at least 2 distinct labels, got 1" in refused.text
     # What needs a base version is checked when the job runs: it fails, saying why.
     body = {"head": "lonely", "examples": SENTIMENT, "base_version": 5}
     done = wait_for(client, post(client, "/v1/jobs/train", body).json()["job"])
