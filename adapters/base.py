@@ -87,6 +87,11 @@ def as_labels(y: Sequence[str], n_rows: int) -> np.ndarray:
     return labels
 
 
+def a_head_of(kind: str) -> str:
+    """ "a linear head", "an mlp head", "an auto head": the kind as an error message says it."""
+    return f"{'an' if kind in ('auto', 'mlp') else 'a'} {kind} head"
+
+
 def tempered(proba: np.ndarray, temperature: float) -> np.ndarray:
     """``softmax(log(p) / T)``: temperature scaling applied to probabilities (the logits' shift
     does not matter to a softmax, so ``log p`` stands in for them)."""
@@ -169,7 +174,7 @@ class Head(ABC):
         n_labels = len(set(labels.tolist()))
         if n_labels < self.min_labels:
             raise TrainingDataError(
-                f"a {self.kind} head needs at least {self.min_labels} distinct labels, "
+                f"{a_head_of(self.kind)} needs at least {self.min_labels} distinct labels, "
                 f"got {n_labels}"
             )
         return features, labels

@@ -137,27 +137,31 @@ def _evaluate_multilabel(
     head: Head, proba: np.ndarray, truth: Sequence[Any], cut: float | None
 ) -> Evaluation:
     """Per-label metrics at the head's cut (or ``cut``, as a predict call's
-    ``abstain_threshold`` sets it), over the labels true or predicted in these examples."""
+    ``abstain_threshold`` sets it), over the labels true or predicted in these examples.
+
+    Counted here rather than by scikit-learn: a single label's column reads to it as a binary
+    target, which it scores as two classes (0 and 1), not one label."""
     sets = [[str(v) for v in row] for row in truth]
     every = sorted(set(head.classes_) | {v for row in sets for v in row})
     binarizer = MultiLabelBinarizer(classes=every).fit([every])
-    y_true = binarizer.transform(sets)
+    y_true = binarizer.transform(sets).astype(bool)
     columns = [every.index(c) for c in head.classes_]
     y_pred = np.zeros_like(y_true)
     y_pred[:, columns] = proba >= (head.params["threshold"] if cut is None else cut)
     # As for single-label heads: a label neither true nor predicted here does not count.
     present = (y_true.any(axis=0) | y_pred.any(axis=0)).nonzero()[0]
-    if not len(present):  # no label true or predicted anywhere: every column, as before
-        present = np.arange(len(every))
     labels = [every[i] for i in present]
-    y_true, y_pred = y_true[:, present], y_pred[:, present]
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, zero_division=0
-    )
+    t, p = y_true[:, present], y_pred[:, present]
+    hits, predicted, support = (t & p).sum(axis=0), p.sum(axis=0), t.sum(axis=0)
+    precision = np.divide(hits, predicted, out=np.zeros(len(present)), where=predicted > 0)
+    recall = np.divide(hits, support, out=np.zeros(len(present)), where=support > 0)
+    both = predicted + support
+    f1 = np.divide(2 * hits, both, out=np.zeros(len(present)), where=both > 0)
     return Evaluation(
         n_examples=len(sets),
-        accuracy=float(accuracy_score(y_true, y_pred)),  # subset accuracy: every label right
-        macro_f1=float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        accuracy=float((y_true == y_pred).all(axis=1).mean()),  # every label of a row right
+        # No label true or predicted anywhere: every row is right, and nothing is missed.
+        macro_f1=float(f1.mean()) if len(present) else 1.0,
         expected_calibration_error=None,
         per_label=_per_label(labels, precision, recall, f1, support),
         labels=labels,

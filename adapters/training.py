@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from adapters import HEAD_KINDS, Head, TextFeatures, TokenStates, TrainingDataError
+from adapters.base import a_head_of
 from adapters.selection import (
     CVResult,
     Features,
@@ -170,7 +171,7 @@ def _fit_head(
     started = time.perf_counter()
     form, described = _input_form(kind)
     if not isinstance(features, form):
-        raise TrainingDataError(f"a {kind} head learns from {described}")
+        raise TrainingDataError(f"{a_head_of(kind)} learns from {described}")
     check_label_form(kind, labels)
     taught = _teach_only_mask(kind, labels, teach_only)
     scored = scored_rows(len(labels), taught)
@@ -299,9 +300,8 @@ def check_label_count(kind: str, labels: Sequence[Any]) -> None:
     needed = cls.min_labels if cls is not None else 2
     found = len({str(label) for label in labels})
     if found < needed:
-        article = "an" if kind[:1] in "aeiou" else "a"
         raise TrainingDataError(
-            f"{article} {kind} head needs at least {needed} distinct labels, got {found}"
+            f"{a_head_of(kind)} needs at least {needed} distinct labels, got {found}"
         )
 
 

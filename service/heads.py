@@ -290,7 +290,8 @@ class HeadService:
                 )
 
         try:
-            with _refused_on("examples"):
+            # What the fit refuses is in the examples, or in the base's when none were sent.
+            with _refused_on("examples" if texts or base is None else "base_version"):
                 head, report = await anyio.to_thread.run_sync(fit_on_a_worker)
         except FitStopped as exc:
             log.info("training stopped part-way through fitting", extra={"kind": kind})

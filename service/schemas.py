@@ -377,6 +377,7 @@ class KeyRevokeRequest(Request):
 
 
 def _job_id(value: str) -> str:
+    value = value.lower()  # hexadecimal either way; ids are written in lower case
     if not re.fullmatch(r"[0-9a-f]{32}", value):
         raise ValueError(
             "a job id is the 32 hexadecimal characters /v1/jobs/train answered (graft jobs "
@@ -390,7 +391,7 @@ JobId = Annotated[
     AfterValidator(_job_id),
     Field(
         description="A training job's id, as /v1/jobs/train answered it.",
-        json_schema_extra={"pattern": "^[0-9a-f]{32}$"},
+        json_schema_extra={"pattern": "^[0-9a-fA-F]{32}$"},
     ),
 ]
 

@@ -135,7 +135,7 @@ class TrainingSet:
             raise InvalidExamples(
                 "the base version kept its examples as pooled features, and a tuned head learns "
                 "from token states: grow it with a frozen-feature kind (linear, mlp, prototype, "
-                "hybrid, auto), or train a tuned head with all its examples",
+                "auto, or hybrid from a hybrid base), or train a tuned head with all its examples",
                 field="base_version",
             )
         texts = None

@@ -254,6 +254,17 @@ def test_multilabel_head_answers_every_label_of_a_sentence(app):
         right += set(p["labels"]) == expected
         assert p["abstained"] is (not p["labels"])
     assert right / len(TEST) >= 0.7  # every label right: measured 0.8 on these 30 sentences
+    # One label true or predicted, in some rows only: scored as one label (it was a 500).
+    row = TEST[0]
+    judged = client.post(
+        "/v1/heads/evaluate",
+        json={
+            "head": "topics",
+            "examples": [{"text": row.text, "labels": [row.label]}, {"text": "ok", "labels": []}],
+            "abstain_threshold": 0.99,
+        },
+    )
+    assert judged.status_code == 200, judged.text
     # It grows only into a multilabel head, and says so before any other check.
     grown = client.post(
         "/v1/heads/train",
@@ -414,6 +425,14 @@ def test_label_descriptions_teach_a_one_shot_head_and_are_never_counted(app):
     assert described_only.status_code == 200, described_only.text
     assert (described_only.json()["kind"], described_only.json()["n_examples"]) == ("prototype", 6)
     assert described_only.json()["report"]["label_descriptions"] == 6
+    # With no examples sent, what the fit refuses is the base's.
+    solo = [{"text": row.text, "label": row.label} for row in TRAIN if row.label == INTENTS[0]]
+    body = {"head": "solo", "kind": "prototype", "examples": solo}
+    assert client.post("/v1/heads/train", json=body).status_code == 200
+    body = {"head": "solo", "kind": "auto", "examples": [], "base_version": 1}
+    refused = client.post("/v1/heads/train", json=body)
+    assert (refused.status_code, refused.json()["error"]["field"]) == (400, "base_version")
+    assert "an auto head needs at least 2 distinct labels, got 1" in refused.text
     before = registry_snapshot(home)
     stray = grow(1, age_limit="how old")
     assert stray.status_code == 400, stray.text

@@ -6,7 +6,13 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
+from sklearn.preprocessing import MultiLabelBinarizer
 
 from adapters import (
     HeadState,
@@ -210,6 +216,40 @@ def test_multilabel_head_learns_two_labels_per_sentence(features):
     cut = evaluate_head(head, proba[one], [truth[i] for i in one], abstain_threshold=1.0)
     assert cut.accuracy == 0.0 and cut.macro_f1 == 0.0
     assert {m["support"] for m in cut.per_label.values()} == {len(one)}
+
+
+def test_multilabel_evaluation_matches_scikit_learn_and_scores_a_lone_label(features):
+    labels = [with_topic(label) for label in features.train_y]
+    head, _report = fit_head("multilabel", features.train_X, labels, features.train_text)
+    proba = head.predict_proba(features.test_X)
+    truth = [with_topic(label) for label in features.test_y]
+    found = evaluate_head(head, proba, truth)
+    binarizer = MultiLabelBinarizer(classes=found.labels).fit([found.labels])
+    y_true = binarizer.transform(truth)
+    y_pred = binarizer.transform(
+        [[c for c, p in zip(head.classes_, row, strict=True) if p >= 0.5] for row in proba]
+    )
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, zero_division=0
+    )
+    assert [found.per_label[label]["f1"] for label in found.labels] == pytest.approx(f1)
+    assert [found.per_label[label]["recall"] for label in found.labels] == pytest.approx(recall)
+    assert [found.per_label[label]["precision"] for label in found.labels] == pytest.approx(
+        precision
+    )
+    assert [found.per_label[label]["support"] for label in found.labels] == support.tolist()
+    assert found.macro_f1 == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert found.accuracy == pytest.approx(accuracy_score(y_true, y_pred))
+    # One intent with no topic: a single label true or predicted, which scikit-learn would
+    # read as a binary target (this was a 500 over HTTP).
+    rows = [i for i, label in enumerate(features.test_y) if label == "exchange_rate"]
+    half = [truth[i] if n % 2 else [] for n, i in enumerate(rows)]  # half the rows say no label
+    lone = evaluate_head(head, proba[rows], half)
+    assert lone.labels == ["exchange_rate"]
+    assert lone.per_label["exchange_rate"]["support"] == len(rows) // 2
+    assert lone.per_label["exchange_rate"]["precision"] == 0.5  # it says exchange_rate for all
+    nothing = evaluate_head(head, proba[rows], [[] for _ in rows], abstain_threshold=1.0)
+    assert (nothing.labels, nothing.accuracy, nothing.macro_f1) == ([], 1.0, 1.0)
 
 
 def test_single_label_kinds_refuse_label_lists(features):
