@@ -228,8 +228,9 @@ def validation_error(exc: ValidationError, model: type[BaseModel] | None = None)
 
 def _fields_hint(model: type[BaseModel], location: list[str]) -> str:
     """What an unknown field's object does take, and the likeliest of them: "Extra inputs are
-    not permitted" alone leaves a caller guessing (``"abstain"`` on a predict call is
-    ``"abstain_threshold"``; an example's ``"intent"`` is its ``"label"``)."""
+    not permitted" alone left a caller guessing that ``"abstain"`` on a predict call is
+    ``"abstain_threshold"``, or that an example's ``"intent"`` is its ``"label"`` (the list of
+    an example's fields shows it; no spelling rule would)."""
     *path, unknown = location
     owner: type[BaseModel] | None = model
     for part in path:
