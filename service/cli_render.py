@@ -155,13 +155,17 @@ def head(found: HeadSummary) -> RenderableType:
     return Group(table, f"labels of version {latest.version}: {labels}")
 
 
+def _phase(state: JobResponse) -> str:
+    return f"{state.progress.phase} ({state.progress.fraction:.0%})"
+
+
 def job(state: JobResponse) -> Table:
     rows = [
         ("job", state.job),
         ("head", state.head),
         ("kind", state.kind),
         ("status", state.status),
-        ("phase", f"{state.progress.phase} ({state.progress.fraction:.0%})"),
+        ("phase", _phase(state)),
         ("examples", str(state.n_examples)),
         ("created", f"{state.created:%Y-%m-%d %H:%M:%S}"),
     ]
@@ -184,7 +188,7 @@ def jobs(found: JobsResponse) -> RenderableType:
             state.head,
             state.kind,
             state.status,
-            f"{state.progress.phase} ({state.progress.fraction:.0%})",
+            _phase(state),
             str(state.n_examples),
             str(state.version) if state.version is not None else "",
             f"{state.created:%Y-%m-%d %H:%M:%S}",

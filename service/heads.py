@@ -313,6 +313,7 @@ class HeadService:
         when it is submitted, not a failed job later. (The checks that need a base version's
         examples are made when the training runs; ``count_tokens=False`` leaves a tuned head's
         token budget to the embedding pass, which tokenises anyway.)"""
+        descriptions = descriptions or {}
         if not texts and not with_base:
             raise BadRequest(
                 "examples: at least one example is needed (none only with a base_version, whose "
@@ -339,10 +340,10 @@ class HeadService:
                 check_label_count(kind, labels)
             with _refused_on("abstain"):
                 check_abstain_option(kind, labels, abstain)
-            _check_described(descriptions or {}, labels)
+            _check_described(descriptions, labels)
         if count_tokens and cls is not None and cls.takes_token_states:
             # The descriptions are embedded with the examples, so they share the budget.
-            everything = [*texts, *(descriptions or {}).values()]
+            everything = [*texts, *descriptions.values()]
             items = await self._prepare(everything, bulk=True, field="examples")
             self._check_token_budget(items, "examples")
 

@@ -187,11 +187,10 @@ class JobStore:
             found = row.first()
         if found is None:
             raise JobNotFound(f"no job {job_id!r}", field="job")
-        info = _job_info(found)
-        if info.active and as_utc(found.heartbeat_at) < utcnow() - self.stale_after:
+        if self._is_stale(found):
             self.fail_stale()  # its process died: say so now rather than at the next sweep
             return self._get(job_id)
-        return info
+        return _job_info(found)
 
     def list(
         self, tenant: str, *, head: str | None = None, status: str | None = None, limit: int = 20
@@ -205,8 +204,7 @@ class JobStore:
         query = query.order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        stale = utcnow() - self.stale_after
-        if any(row.status in ACTIVE and as_utc(row.heartbeat_at) < stale for row in rows):
+        if any(self._is_stale(row) for row in rows):
             self.fail_stale()  # as get does: a dead process's job is reported failed now
             return self.list(tenant, head=head, status=status, limit=limit)
         return [_job_info(row) for row in rows]
@@ -290,6 +288,10 @@ class JobStore:
                 .values(**values, heartbeat_at=now, updated_at=now)
             )
         )
+
+    def _is_stale(self, row: Row[Any]) -> bool:
+        """An unfinished job whose process has not beaten for ``stale_after``: it died."""
+        return row.status in ACTIVE and as_utc(row.heartbeat_at) < utcnow() - self.stale_after
 
     def _get(self, job_id: str) -> JobInfo:
         with self.engine.connect() as conn:
