@@ -235,9 +235,8 @@ class HeadService:
                 "examples",
                 with_base=True,
             )
-            base_examples = [base.labels[i] for i in range(len(base)) if i not in base.teach_only]
             with _refused_on("abstain"):
-                check_abstain_option(kind, base_examples + list(labels), abstain)
+                check_abstain_option(kind, base.example_labels + list(labels), abstain)
             _check_described(descriptions, base.labels + list(labels))
             base = base.without_descriptions_of(descriptions)
         inputs = [*texts, *descriptions.values()]

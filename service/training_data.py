@@ -47,6 +47,11 @@ class TrainingSet:
     def n_examples(self) -> int:
         return len(self.labels) - len(self.teach_only)
 
+    @property
+    def example_labels(self) -> list[Any]:
+        """The labels of the rows that are examples, not descriptions."""
+        return [label for row, label in enumerate(self.labels) if row not in self.teach_only]
+
     def teach_only_mask(self) -> list[bool] | None:
         """Which rows are label descriptions, as ``fit_head`` takes it (None: no row is)."""
         if not self.teach_only:
