@@ -1,9 +1,9 @@
 """The learning side of Graft: head kinds that turn frozen features into label probabilities.
 
 Nothing here knows about HTTP, storage, tenants or BentoML: heads take arrays (pooled features;
-for tuned heads the token states below the backbone's top layer; for hybrid heads the features
-with their texts) and give arrays,
-and save themselves as a :class:`~adapters.base.HeadState` (JSON config + float tensors).
+for tuned and matching heads the token states below the backbone's top layer; for hybrid heads
+the features with their texts) and give arrays, and save themselves as a
+:class:`~adapters.base.HeadState` (JSON config + float tensors).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from adapters.base import Head, HeadState, HeadStateError, NotFittedError, TrainingDataError
 from adapters.hybrid import HybridHead, TextFeatures
 from adapters.linear import LinearHead
+from adapters.matching import MatchingHead
 from adapters.mlp import MLPHead
 from adapters.multilabel import MultilabelHead
 from adapters.prototype import PrototypeHead
@@ -24,6 +25,7 @@ HEAD_KINDS: dict[str, type[Head]] = {
     MultilabelHead.kind: MultilabelHead,
     TunedHead.kind: TunedHead,
     HybridHead.kind: HybridHead,
+    MatchingHead.kind: MatchingHead,
 }
 
 
@@ -54,6 +56,7 @@ __all__ = [
     "HybridHead",
     "LinearHead",
     "MLPHead",
+    "MatchingHead",
     "MultilabelHead",
     "NotFittedError",
     "PrototypeHead",

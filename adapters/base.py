@@ -112,7 +112,7 @@ class Head(ABC):
     min_labels: ClassVar[int] = 2
     #: Multilabel heads score each label on its own; the others rank labels against each other.
     multilabel: ClassVar[bool] = False
-    #: Tuned heads read :class:`~adapters.tuned.TokenStates` instead of pooled features.
+    #: Tuned and matching heads read :class:`~adapters.tuned.TokenStates`, not pooled features.
     takes_token_states: ClassVar[bool] = False
     #: Hybrid heads read :class:`~adapters.hybrid.TextFeatures`: pooled features and the texts.
     takes_texts: ClassVar[bool] = False
@@ -121,6 +121,12 @@ class Head(ABC):
     n_features_in_: int
     temperature_: float = 1.0
     abstain_threshold_: float | None = None
+
+    @classmethod
+    def prepared(cls, X: Any) -> Any:
+        """What this kind derives from its training input once, before cross-validation fits
+        it on many subsets of the rows (indexable as ``X`` is): ``X`` itself for most kinds."""
+        return X
 
     @abstractmethod
     def fit(self, X: Any, y: Any) -> Self:

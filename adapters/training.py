@@ -42,6 +42,7 @@ CANDIDATES: dict[str, list[dict[str, Any]]] = {
     "multilabel": [{}],
     "tuned": [{}],
     "hybrid": [{}],
+    "matching": [{}],
 }
 #: Cross-validation only ranks candidates and estimates accuracy: a looser fit is enough there
 #: and halves its cost (the head that is kept is fitted to the full tolerance).
@@ -52,9 +53,10 @@ CV_SHORTCUTS: dict[str, dict[str, Any]] = {
     "mlp": {"epochs": 50},
     "tuned": {"epochs": 1},
     "hybrid": {"tol": 1e-3},
+    "matching": {"tol": 1e-3},
 }
 #: The kinds ``auto`` chooses from, cheapest first so a tight budget still gets an answer.
-#: Not ``tuned``: it reads token states, not features, and takes seconds per fold.
+#: Not ``tuned`` nor ``matching``: they read token states, not features.
 AUTO_KINDS = ("prototype", "linear", "mlp")
 #: A kind's cross-validation time relative to one linear candidate's, measured on banking77 (5
 #: and 10 shots, and the 8-intent test fixture): ``auto`` foresees from the candidates it has
@@ -144,7 +146,7 @@ def fit_head(
 ) -> tuple[Head, TrainingReport]:
     """Fit a head of ``kind`` (or the best kind, for ``"auto"``) and report on it.
 
-    ``features`` are pooled features, :class:`TokenStates` for ``tuned``, or
+    ``features`` are pooled features, :class:`TokenStates` for ``tuned`` and ``matching``, or
     :class:`TextFeatures` for ``hybrid``. ``labels`` are
     strings, or lists of strings for ``multilabel``; ``inputs`` (texts, image
     hashes) only feed the warnings. ``budget_s`` bounds the time ``auto`` spends comparing.
@@ -178,6 +180,8 @@ def _fit_head(
     example_labels = [labels[i] for i in scored]
     check_label_count(kind, example_labels)
     check_abstain_option(kind, example_labels, abstain)
+    if kind in HEAD_KINDS:  # what the kind derives once for all its folds and its final fit
+        features = HEAD_KINDS[kind].prepared(features)
     if kind == "multilabel":
         assert isinstance(features, np.ndarray)
         return _fit_multilabel(features, labels, inputs, started)

@@ -108,16 +108,7 @@ class _Tuned(nn.Module):
 
     def __init__(self, layer_config: dict[str, Any], n_classes: int, dropout: float) -> None:
         super().__init__()
-        self.layer = nn.TransformerEncoderLayer(
-            d_model=int(layer_config["d_model"]),
-            nhead=int(layer_config["nhead"]),
-            dim_feedforward=int(layer_config["dim_feedforward"]),
-            dropout=dropout,
-            activation="gelu",
-            layer_norm_eps=float(layer_config["layer_norm_eps"]),
-            batch_first=True,
-            norm_first=False,
-        )
+        self.layer = _layer(layer_config, dropout)
         self.classifier = nn.Linear(int(layer_config["d_model"]), n_classes)
         self.pooling = str(layer_config.get("pooling", "mean"))
 
@@ -175,7 +166,7 @@ class TunedHead(Head):
         self.precision = precision
 
     def fit(self, X: TokenStates, y: Sequence[str]) -> Self:
-        states = _check_states(X)
+        states = check_token_states(X, self.kind)
         if states.top is None:
             raise TrainingDataError("a tuned head needs the backbone's top layer to start from")
         labels = as_labels(y, len(states))
@@ -231,7 +222,7 @@ class TunedHead(Head):
 
     def _check_predict_input(self, X: Any) -> Any:
         self._check_fitted()
-        states = _check_states(X)
+        states = check_token_states(X, self.kind)
         if states.hidden.shape[2] != self.n_features_in_:
             raise TrainingDataError(
                 f"head expects token states of width {self.n_features_in_}, "
@@ -315,6 +306,26 @@ def pretrained_features(states: TokenStates, *, precision: str = "auto") -> np.n
     return _apply(network.features, states, width, mixed=_mixed(precision))
 
 
+def _layer(layer_config: dict[str, Any], dropout: float) -> nn.TransformerEncoderLayer:
+    return nn.TransformerEncoderLayer(
+        d_model=int(layer_config["d_model"]),
+        nhead=int(layer_config["nhead"]),
+        dim_feedforward=int(layer_config["dim_feedforward"]),
+        dropout=dropout,
+        activation="gelu",
+        layer_norm_eps=float(layer_config["layer_norm_eps"]),
+        batch_first=True,
+        norm_first=False,
+    )
+
+
+def frozen_layer(top: TopLayer) -> nn.TransformerEncoderLayer:
+    """The backbone's top layer as it is, for heads that read its output without tuning it."""
+    layer = _layer(top.config, dropout=0.0)
+    layer.load_state_dict({name: torch.from_numpy(w) for name, w in top.weights.items()})
+    return layer.eval().requires_grad_(False)
+
+
 def _pretrained(top: TopLayer, n_classes: int, dropout: float) -> _Tuned:
     network = _Tuned(top.config, n_classes, dropout)
     network.layer.load_state_dict({name: torch.from_numpy(w) for name, w in top.weights.items()})
@@ -333,9 +344,10 @@ def bf16_is_native() -> bool:
         return False
 
 
-def _check_states(X: Any) -> TokenStates:
+def check_token_states(X: Any, kind: str) -> TokenStates:
+    """``X`` as token states a head of ``kind`` can read, or why not."""
     if not isinstance(X, TokenStates):
-        raise TrainingDataError("a tuned head reads token states, not pooled features")
+        raise TrainingDataError(f"a {kind} head reads token states, not pooled features")
     if not np.isfinite(X.hidden).all():
         raise TrainingDataError("token states contain NaN or infinite values")
     if (X.lengths < 1).any():

@@ -8,11 +8,11 @@ kind is trained through the service's own training path (the backbone's features
 search) and evaluated on the full test split (3,080 sentences). Training time is the time to
 embed the draw plus the fit, as ``/v1/heads/train`` spends it.
 
-``+names`` rows: the linear and hybrid kinds again, each label also described by its name
+``+names`` rows: the linear, hybrid and matching kinds again, each label also described by its name
 (``"label_descriptions"``), taught but never scored in cross-validation.
 
-Abstention: 10 labels are held out as "out of scope"; a linear and a hybrid head with
-``"abstain": "auto"`` learn the other 67, and each is scored on the in-scope test sentences
+Abstention: 10 labels are held out as "out of scope"; a linear, a hybrid and a matching head
+with ``"abstain": "auto"`` learn the other 67, and each is scored on the in-scope test sentences
 (accuracy, counting a refusal as wrong, against the same head never refusing) and on the
 held-out labels' sentences (the share refused).
 
@@ -53,12 +53,12 @@ from service.backbone import (
 from service.settings import DEFAULT_TEXT_BACKBONE
 
 RESULTS = Path(__file__).with_name("RESULTS-quality.md")
-KINDS = ("prototype", "linear", "mlp", "tuned", "hybrid", "auto")
+KINDS = ("prototype", "linear", "mlp", "tuned", "hybrid", "matching", "auto")
 #: Kinds also trained with every label described by its name ("card_arrival": "card arrival"),
 #: as ``"label_descriptions"`` teaches them: reported as ``<kind>+names``, apart from the kinds
 #: above, because they learn from more than the examples.
-DESCRIBED_KINDS = ("linear", "hybrid")
-ABSTAIN_KINDS = ("linear", "hybrid")
+DESCRIBED_KINDS = ("linear", "hybrid", "matching")
+ABSTAIN_KINDS = ("linear", "hybrid", "matching")
 #: The issue's goal: the best kind's accuracy at 10 shots, trained within this many seconds.
 GOAL_TRAIN_S = 5.0
 ABSTAIN_FIGURES = (
@@ -144,12 +144,13 @@ def run_kinds(
     labels = sorted(set(y))
     names = [label.replace("_", " ") for label in labels]
     started = time.perf_counter()
-    named_X, _states = encode(names)
+    named_X, named_states = encode(names)
     embed_s += time.perf_counter() - started
     teach_only = [False] * len(y) + [True] * len(labels)
     for kind in DESCRIBED_KINDS:
         started = time.perf_counter()
-        learns_from = head_input(kind, np.vstack([X, named_X]), states, texts + names)
+        with_names = np.vstack([X, named_X]), states.concat(named_states), texts + names
+        learns_from = head_input(kind, *with_names)
         head, report = fit_head(kind, learns_from, y + labels, texts + names, teach_only=teach_only)
         fit_s = time.perf_counter() - started
         proba = head.predict_proba(head_input(kind, test_X, test_states, test_texts))
@@ -171,6 +172,7 @@ def run_abstention(
     train: list[Labelled],
     test: list[Labelled],
     test_X: np.ndarray,
+    test_states: TokenStates,
     seed: int,
 ) -> dict[str, float]:
     labels = sorted({row.label for row in train})
@@ -181,8 +183,7 @@ def run_abstention(
     head, report = fit_head(
         kind, head_input(kind, X, states, texts), [row.label for row in draw], texts, abstain="auto"
     )
-    # Tuned heads are not measured here, so the test split's token states are not needed.
-    proba = head.predict_proba(head_input(kind, test_X, states, [row.text for row in test]))
+    proba = head.predict_proba(head_input(kind, test_X, test_states, [row.text for row in test]))
     top = proba.max(axis=1)
     predicted = np.asarray(head.classes_)[proba.argmax(axis=1)]
     truth = np.asarray([row.label for row in test])
@@ -276,7 +277,10 @@ def main() -> None:
                     setfit[shots].append(result)
                     print(f"{shots:>2} shots seed {seed} setfit    {result}", flush=True)
     abstention = {
-        kind: [run_abstention(kind, encode, train, test, test_X, s) for s in range(args.draws)]
+        kind: [
+            run_abstention(kind, encode, train, test, test_X, test_states, s)
+            for s in range(args.draws)
+        ]
         for kind in ABSTAIN_KINDS
     }
     for kind, found_by_draw in abstention.items():
@@ -306,8 +310,8 @@ def write(
         )
         figures[f"{kind}_{shots}shot_accuracy"] = mean(found, "accuracy")
         figures[f"{kind}_{shots}shot_train_s"] = mean(found, "train_s")
-        if kind == "tuned":
-            figures["tuned_head_mb"] = statistics.fmean(f["head_mb"] for f in found)
+        if kind in ("tuned", "matching"):
+            figures[f"{kind}_{shots}shot_head_mb"] = statistics.fmean(f["head_mb"] for f in found)
     for shots, found in sorted(setfit.items()):
         rows.append(
             f"| {shots} | SetFit ({args.setfit_iterations} pair iterations, 1 epoch) "

@@ -155,7 +155,7 @@ class HeadService:
     async def token_states(
         self, inputs: Sequence[InputItem], *, bulk: bool = False, field: str = "inputs"
     ) -> TokenStates:
-        """What tuned heads read: the token states below the backbone's top layer."""
+        """What tuned and matching heads read: the token states below the backbone's top layer."""
         items = await self._prepare(inputs, bulk=bulk, field=field)
         self._check_token_budget(items, field)
         return TokenStates.from_rows(await self.batcher.embed_states(items, bulk=bulk))
@@ -166,8 +166,8 @@ class HeadService:
     async def head_inputs(
         self, head: Head, inputs: Sequence[InputItem], *, bulk: bool = False, field: str = "inputs"
     ) -> Features:
-        """What ``head`` predicts from: pooled features, token states for a tuned head, or
-        features with their texts for a hybrid head."""
+        """What ``head`` predicts from: pooled features, token states for a tuned or matching
+        head, or features with their texts for a hybrid head."""
         if head.takes_token_states:
             return await self.token_states(inputs, bulk=bulk, field=field)
         features = await self.embed(inputs, bulk=bulk, field=field)
@@ -176,11 +176,12 @@ class HeadService:
             return await anyio.to_thread.run_sync(TextFeatures.of, features, texts)
         return features
 
-    def _top_layer(self) -> TopLayer:
+    def _top_layer(self, kind: str) -> TopLayer:
         top = self.backbone.top_layer
         if top is None:
+            doing = "to tune" if kind == "tuned" else "for a matching head to run"
             raise KindNotSupported(
-                f"this server's backbone ({self.backbone.name}) has no transformer layer to tune; "
+                f"this server's backbone ({self.backbone.name}) has no transformer layer {doing}; "
                 "train a linear, mlp, prototype, multilabel or auto head instead",
                 field="kind",
             )
@@ -241,9 +242,9 @@ class HeadService:
             base = base.without_descriptions_of(descriptions)
         inputs = [*texts, *descriptions.values()]
         row_labels = [*labels, *descriptions]
-        tuned = kind in HEAD_KINDS and HEAD_KINDS[kind].takes_token_states
+        tuned = kind in HEAD_KINDS and HEAD_KINDS[kind].takes_token_states  # or matching
         with_texts = kind in HEAD_KINDS and HEAD_KINDS[kind].takes_texts
-        top = self._top_layer() if tuned else None
+        top = self._top_layer(kind) if tuned else None
         if with_texts and base is not None:
             base.kept_texts()  # a base that kept no texts is refused before any embedding
         features: np.ndarray | TokenStates
@@ -322,7 +323,7 @@ class HeadService:
         self.limits.check_examples(texts, labels)
         cls = HEAD_KINDS.get(kind)
         if cls is not None and cls.takes_token_states:
-            self._top_layer()  # a backbone that cannot serve the kind
+            self._top_layer(kind)  # a backbone that cannot serve the kind
         if cls is not None and cls.takes_texts:
             self._check_reads_texts()
         with _refused_on("examples"):
@@ -515,9 +516,9 @@ class HeadService:
         return ref, found
 
     async def _proba(self, head: Head, features: Features) -> np.ndarray:
-        """A frozen-feature head's matrix product runs here; a tuned head's transformer layer
-        (milliseconds per input) and a hybrid head's n-gram counting run off the event loop so
-        that batching goes on meanwhile."""
+        """A frozen-feature head's matrix product runs here; a tuned or matching head's
+        transformer layer (milliseconds per input) and a hybrid head's n-gram counting run off
+        the event loop so that batching goes on meanwhile."""
         if head.takes_token_states or head.takes_texts:
             return await anyio.to_thread.run_sync(head.predict_proba, features)
         return head.predict_proba(features)

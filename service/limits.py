@@ -8,9 +8,10 @@ from typing import Any
 from service.errors import LimitExceeded
 from service.settings import Settings
 
-#: A tuned head's token states (one float32 row per token, padded to the longest input) are
-#: held in memory while it trains: 262,144 of them are 400 MB at the backbone's 384 dimensions,
-#: and at most 200 MB of float16 in its stored training set (both databases cap a value at 1 GB).
+#: A tuned or matching head's token states (one float32 row per token, padded to the longest
+#: input) are held in memory while it trains: 262,144 of them are 400 MB at the backbone's 384
+#: dimensions, and at most 200 MB of float16 in its stored training set (both databases cap a
+#: value at 1 GB).
 MAX_TUNED_PADDED_TOKENS = 262_144
 
 
@@ -61,13 +62,14 @@ class Limits:
 
     @staticmethod
     def check_token_states(n_inputs: int, longest: int, field: str) -> None:
-        """A tuned head's inputs, padded to the longest, must fit ``MAX_TUNED_PADDED_TOKENS``."""
+        """A tuned or matching head's inputs, padded to the longest, must fit
+        ``MAX_TUNED_PADDED_TOKENS``."""
         padded = n_inputs * longest
         if padded > MAX_TUNED_PADDED_TOKENS:
             raise LimitExceeded(
                 f"{n_inputs} inputs padded to {longest} tokens make {padded} token states; a "
-                f"tuned head takes at most {MAX_TUNED_PADDED_TOKENS} (shorter texts, fewer "
-                "examples, or a frozen-feature kind such as linear)",
+                f"tuned or matching head takes at most {MAX_TUNED_PADDED_TOKENS} (shorter texts, "
+                "fewer examples, or a frozen-feature kind such as linear)",
                 limit="tuned_padded_tokens",
                 value=MAX_TUNED_PADDED_TOKENS,
                 field=field,

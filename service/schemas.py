@@ -31,7 +31,9 @@ NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 #: Aliases start with a letter so that "3" is always a version number, never an alias.
 ALIAS_PATTERN = r"^[A-Za-z][A-Za-z0-9._-]{0,63}$"
 
-HeadKind = Literal["linear", "prototype", "mlp", "multilabel", "tuned", "hybrid", "auto"]
+HeadKind = Literal[
+    "linear", "prototype", "mlp", "multilabel", "tuned", "hybrid", "matching", "auto"
+]
 
 
 def _usable_text(value: str) -> str:

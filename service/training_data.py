@@ -2,10 +2,11 @@
 
 Kept so that ``"base_version"`` can add examples to a head without the caller resending the
 old ones, and without embedding them again. Features are float16 (half the bytes; a head fitted
-on them differs from one fitted on float32 in the fourth decimal); a tuned head's set keeps the
-token states below the top layer instead (every input's rows, end to end, and their lengths),
-as float16 too. Inputs are kept as digests, for the duplicate and conflict warnings; only a
-hybrid head's set keeps the texts themselves, because its n-gram model learns from their words.
+on them differs from one fitted on float32 in the fourth decimal); a tuned or matching head's
+set keeps the token states below the top layer instead (every input's rows, end to end, and
+their lengths), as float16 too. Inputs are kept as digests, for the duplicate and conflict
+warnings; only a hybrid head's set keeps the texts themselves, because its n-gram model learns
+from their words.
 Label descriptions are rows too, marked ``teach_only``: a head learns from them, and no estimate
 or count of examples includes them. Safetensors again, labels in its JSON metadata, so reading
 it back can never run code.
@@ -131,16 +132,18 @@ class TrainingSet:
             features = np.vstack([mine, theirs])
         elif isinstance(mine, TokenStates):
             raise InvalidExamples(
-                "the base version is a tuned head and kept its examples as token states, which "
-                'only a tuned head learns from: send "kind": "tuned" (a new version does not take '
-                "its base's kind), or train this kind with all its examples",
+                "the base version is a tuned or matching head's and kept its examples as token "
+                'states, which only tuned and matching heads learn from: send "kind": '
+                '"tuned" or "matching" (a new version does not take its base\'s kind), or train '
+                "this kind with all its examples",
                 field="base_version",
             )
         else:
             raise InvalidExamples(
-                "the base version kept its examples as pooled features, and a tuned head learns "
-                "from token states: grow it with a frozen-feature kind (linear, mlp, prototype, "
-                "auto, or hybrid from a hybrid base), or train a tuned head with all its examples",
+                "the base version kept its examples as pooled features, and tuned and matching "
+                "heads learn from token states: grow it with a frozen-feature kind (linear, mlp, "
+                "prototype, auto, or hybrid from a hybrid base), or train this kind with all its "
+                "examples",
                 field="base_version",
             )
         texts = None
@@ -167,7 +170,7 @@ class TrainingSet:
         return TextFeatures.of(self.features, self.kept_texts())
 
     def with_top(self, top: TopLayer) -> TrainingSet:
-        """A tuned head's set with the layer a new head starts from (it is not stored)."""
+        """A tuned or matching head's set with the layer a new head starts from (not stored)."""
         assert isinstance(self.features, TokenStates)
         return replace(self, features=self.features.with_top(top))
 

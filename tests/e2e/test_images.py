@@ -137,7 +137,11 @@ def test_label_descriptions_are_refused_on_the_image_backbone(server, target):
 
 @pytest.mark.parametrize(
     ("kind", "why"),
-    [("tuned", "no transformer layer to tune"), ("hybrid", "learn from the words of texts")],
+    [
+        ("tuned", "no transformer layer to tune"),
+        ("matching", "no transformer layer for a matching head to run"),
+        ("hybrid", "learn from the words of texts"),
+    ],
 )
 def test_text_only_kinds_are_refused_on_the_image_backbone(server, target, kind, why):
     photos = pets("train")[:4]

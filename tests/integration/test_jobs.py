@@ -86,10 +86,10 @@ def test_a_job_registers_a_version_that_serves(client):
     assert again.json()["error"]["message"] == f"job {done['job']} has finished (succeeded)"
 
 
-@pytest.mark.parametrize("kind", ["tuned", "hybrid"])
+@pytest.mark.parametrize("kind", ["tuned", "hybrid", "matching"])
 def test_heads_that_read_more_than_features_train_as_jobs_and_serve(client, kind):
-    """The job path embeds chunk by chunk; a tuned head's chunks are token states, and a hybrid
-    head learns from the texts as well."""
+    """The job path embeds chunk by chunk; a tuned or matching head's chunks are token states,
+    and a hybrid head learns from the texts as well."""
     intents = {"card_arrival", "exchange_rate", "change_pin", "top_up_failed", "age_limit"}
     drawn = few_shot([r for r in banking77("train") if r.label in intents], per_label=30, seed=0)
     examples = [{"text": r.text, "label": r.label} for r in drawn]  # 150: three embed chunks

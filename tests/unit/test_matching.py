@@ -1,0 +1,102 @@
+"""The matching head on a small synthetic layer: its scores, its saved state, what it refuses.
+
+Learning real intents with the real backbone's top layer is tested over HTTP in
+tests/integration/test_quality.py; here an 8-wide layer keeps the mechanics fast to check.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adapters import (
+    HeadState,
+    HeadStateError,
+    MatchingHead,
+    TrainingDataError,
+    head_from_state,
+    matching,
+)
+from adapters.matching import content_tokens, max_sim
+from adapters.training import fit_head
+from tests.unit.test_tuned import WIDTH, two_topics
+
+
+def test_max_sim_is_each_query_tokens_best_match_per_label_averaged():
+    rng = np.random.default_rng(0)
+    bank = content_tokens(rng.normal(size=(9, WIDTH)).astype(np.float32))  # 7 rows: [1:-1]
+    counts = [3, 1, 3]
+    queries = [rng.normal(size=(n, WIDTH)).astype(np.float32) for n in (2, 5, 7, 3)]
+    got = max_sim(queries, bank, counts)
+    owners = np.repeat([0, 1, 2], counts)
+    for query, row in zip(queries, got, strict=True):
+        tokens = content_tokens(query)
+        sims = tokens @ bank.T
+        expected = [sims[:, owners == label].max(axis=1).mean() for label in range(3)]
+        np.testing.assert_allclose(row, expected, rtol=1e-5)
+
+
+def test_a_query_made_of_one_labels_tokens_matches_that_label_perfectly():
+    rng = np.random.default_rng(1)
+    bank = content_tokens(rng.normal(size=(8, WIDTH)).astype(np.float32))
+    query = np.vstack([np.zeros((1, WIDTH)), bank[4:6], np.zeros((1, WIDTH))])  # [CLS] x x [SEP]
+    scores = max_sim([query.astype(np.float32)], bank, [4, 2])[0]
+    assert scores[1] == pytest.approx(1.0)
+    assert scores[0] < 0.99
+
+
+def test_a_matching_head_learns_and_round_trips_through_its_state():
+    states, labels = two_topics(40)
+    head = MatchingHead().fit(states, labels)
+    test, truth = two_topics(20, seed=2)
+    predicted = np.asarray(head.classes_)[head.predict_proba(test).argmax(axis=1)]
+    assert (predicted == np.asarray(truth)).mean() >= 0.9
+    state = head.to_state()
+    content = int(states.lengths.sum()) - 2 * int((states.lengths > 2).sum())
+    assert state.tensors["bank"].shape == (content, WIDTH)
+    assert state.tensors["bank"].dtype == np.float16
+    assert sum(state.config["bank_tokens_per_label"]) == content
+    assert state.tensors["coef"].shape == (2, 2 * WIDTH)  # mean and max pooled
+    back = head_from_state(HeadState.from_serialized(state.config_json(), state.tensor_bytes()))
+    np.testing.assert_array_equal(back.predict_proba(test), head.predict_proba(test))
+
+
+def test_a_matching_state_whose_tensors_do_not_fit_is_refused():
+    states, labels = two_topics(20)
+    state = MatchingHead().fit(states, labels).to_state()
+    for name, broken in (
+        ("bank", np.zeros((3, WIDTH), np.float16)),  # fewer tokens than its labels hold
+        ("coef", np.zeros((2, WIDTH), np.float32)),  # the mean alone, no max
+        ("layer.linear1.weight", np.zeros((5, WIDTH), np.float32)),
+    ):
+        with pytest.raises(HeadStateError):
+            head_from_state(HeadState(state.config, {**state.tensors, name: broken}))
+
+
+def test_fit_head_runs_the_frozen_layer_once_for_every_fold(monkeypatch):
+    states, labels = two_topics(40)
+    calls = []
+    real_run_top = matching.run_top
+
+    def counted(layer, part):
+        calls.append(len(part))
+        return real_run_top(layer, part)
+
+    monkeypatch.setattr(matching, "run_top", counted)
+    head, report = fit_head("matching", states, labels, list(range(40)))
+    assert calls == [40]  # not once per fold: 5 folds, the final fit and the report's scores
+    assert (report.kind, report.cv_folds) == ("matching", 5)
+    assert report.cv_accuracy is not None and report.cv_accuracy >= 0.9
+    prepared = MatchingHead.prepared(states)
+    direct = MatchingHead().fit(prepared, labels)
+    np.testing.assert_array_equal(direct._proba(prepared), head._proba(prepared))
+
+
+def test_matching_heads_read_token_states_with_their_top_layer():
+    states, labels = two_topics(12)
+    with pytest.raises(TrainingDataError, match="a matching head reads token states"):
+        MatchingHead().fit(np.zeros((12, WIDTH), np.float32), labels)
+    with pytest.raises(TrainingDataError, match="a matching head learns from token states"):
+        fit_head("matching", np.zeros((12, WIDTH), np.float32), labels, list(range(12)))
+    with pytest.raises(TrainingDataError, match="carry no top layer"):
+        MatchingHead().fit(states.with_top(None), labels)
