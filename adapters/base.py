@@ -17,11 +17,14 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
+
+#: Which token states a head reads: those entering the backbone's top layer, or its output.
+TokenLayer = Literal["below_top", "top"]
 
 
 class NotFittedError(RuntimeError):
@@ -112,8 +115,10 @@ class Head(ABC):
     min_labels: ClassVar[int] = 2
     #: Multilabel heads score each label on its own; the others rank labels against each other.
     multilabel: ClassVar[bool] = False
-    #: Tuned and matching heads read :class:`~adapters.tuned.TokenStates`, not pooled features.
+    #: Tuned and matching heads read :class:`~adapters.tuned.TokenStates`, not pooled features:
+    #: a tuned head those that enter the backbone's top layer, a matching head those that leave it.
     takes_token_states: ClassVar[bool] = False
+    token_layer: ClassVar[TokenLayer] = "below_top"
     #: Hybrid heads read :class:`~adapters.hybrid.TextFeatures`: pooled features and the texts.
     takes_texts: ClassVar[bool] = False
 
@@ -121,12 +126,6 @@ class Head(ABC):
     n_features_in_: int
     temperature_: float = 1.0
     abstain_threshold_: float | None = None
-
-    @classmethod
-    def prepared(cls, X: Any) -> Any:
-        """What this kind derives from its training input once, before cross-validation fits
-        it on many subsets of the rows (indexable as ``X`` is): ``X`` itself for most kinds."""
-        return X
 
     @abstractmethod
     def fit(self, X: Any, y: Any) -> Self:

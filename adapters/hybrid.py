@@ -192,11 +192,14 @@ class HybridHead(Head):
         for name, shape in shapes.items():
             if tensors[name].shape != shape:
                 raise HeadStateError(f"hybrid head tensor {name!r} does not match its classes")
-        sentence = LinearHead(C=head.C, max_iter=head.max_iter, tol=head.tol)
-        sentence.classes_ = classes
-        sentence.coef_ = tensors["coef"]
-        sentence.intercept_ = tensors["intercept"]
-        sentence.n_features_in_ = sentence.coef_.shape[1]
+        sentence = LinearHead.with_weights(
+            classes,
+            tensors["coef"],
+            tensors["intercept"],
+            C=head.C,
+            max_iter=head.max_iter,
+            tol=head.tol,
+        )
         weighting = TfidfTransformer(sublinear_tf=True)
         weighting.idf_ = tensors["idf"].astype(np.float64)
         weighting.n_features_in_ = NGRAM_BUCKETS

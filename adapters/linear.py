@@ -63,12 +63,23 @@ class LinearHead(Head):
         return HeadState(config, {"coef": self.coef_, "intercept": self.intercept_})
 
     @classmethod
+    def with_weights(
+        cls, classes: Sequence[str], coef: np.ndarray, intercept: np.ndarray, **params: Any
+    ) -> Self:
+        """A fitted head from its weights: what a hybrid or a matching head keeps of its own."""
+        head = cls(**params)
+        head.classes_ = list(classes)
+        head.coef_ = coef
+        head.intercept_ = intercept
+        head.n_features_in_ = coef.shape[1]
+        return head
+
+    @classmethod
     def _from_state(cls, state: HeadState) -> Self:
-        head = cls(**state.config["params"])
-        head.classes_ = list(state.config["classes"])
-        head.coef_ = state.tensors["coef"]
-        head.intercept_ = state.tensors["intercept"]
-        head.n_features_in_ = head.coef_.shape[1]
+        tensors = state.tensors
+        head = cls.with_weights(
+            state.config["classes"], tensors["coef"], tensors["intercept"], **state.config["params"]
+        )
         if head.coef_.shape[0] != len(head.classes_) or head.intercept_.shape != (
             len(head.classes_),
         ):

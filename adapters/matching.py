@@ -2,70 +2,33 @@
 
 Mean pooling blurs a sentence into one point, and a few-shot intent is often carried by one or
 two of its words ("PIN", "Apple Pay", "refund"). A matching head keeps its examples' token
-states as the backbone's top layer makes them, and scores a query against each label by how
+states as the backbone's top layer leaves them, and scores a query against each label by how
 closely each of the query's tokens is matched by some token of that label's examples (the
 MaxSim of late-interaction retrieval, ColBERT's). It adds that score's log-softmax to a linear
 head's on the sentence features (mean and max pooled), as a hybrid head adds its n-grams.
 
-It reads the token states below the backbone's top layer (:class:`TokenStates`, what a tuned
-head reads) and runs its own frozen copy of that layer over them, so that it needs nothing
-from the serving path that a tuned head does not already get. On banking77 at 10 shots it is
-about 1.5 points more accurate than a hybrid head (bench/RESULTS-quality.md). Its size grows
-with its examples: about 0.8 KB per token (float16) on top of the 7 MB layer.
+It reads :class:`TokenStates` of the backbone's output, which the shared pass computes anyway
+(``token_layer = "top"``). On banking77 at 10 shots it is about 1.4 points more accurate than a
+hybrid head (bench/RESULTS-quality.md). Its size grows with its examples: 768 bytes per token
+(float16), about 8 MB for 770 short sentences.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 import numpy as np
-import torch
 from scipy.special import log_softmax, softmax
 
-from adapters.base import Head, HeadState, HeadStateError, TrainingDataError
+from adapters.base import Head, HeadState, HeadStateError, TokenLayer, TrainingDataError
 from adapters.linear import LinearHead
 from adapters.stopping import checkpoint
-from adapters.tuned import LAYER_PREFIX, TokenStates, TopLayer, check_token_states, frozen_layer
+from adapters.tuned import TokenStates, check_token_states
 
 #: Query tokens scored against the bank at a time: a 10,000-token bank's similarity block then
 #: stays near the cache (256 at a time measured 20 % faster than 1,024, 40 % than 4,096).
 QUERY_TOKENS_PER_STEP = 256
-
-
-@dataclass(frozen=True)
-class TopOutputs:
-    """Token states with what the frozen top layer makes of them, computed once: cross-
-    validation fits a head on many subsets of the same examples, and the layer is the cost."""
-
-    states: TokenStates
-    outputs: list[np.ndarray]  # per input, tokens x dim, float32
-
-    def __len__(self) -> int:
-        return len(self.states)
-
-    def __getitem__(self, index: Any) -> TopOutputs:
-        rows = np.arange(len(self))[index]
-        return TopOutputs(self.states[rows], [self.outputs[i] for i in rows])
-
-
-def run_top(layer: torch.nn.TransformerEncoderLayer, states: TokenStates) -> list[np.ndarray]:
-    """Per input, the top layer's output tokens, in batches of similar length (float32: a
-    text's scores must not depend on its batch's padding)."""
-    out: list[np.ndarray] = [np.empty(0)] * len(states)
-    order = np.argsort(states.lengths, kind="stable")
-    with torch.inference_mode():
-        for start in range(0, len(order), 64):
-            checkpoint()
-            rows = order[start : start + 64]
-            part = states[rows]
-            lengths = torch.from_numpy(part.lengths)
-            mask = torch.arange(part.hidden.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
-            hidden = layer(torch.from_numpy(part.hidden), src_key_padding_mask=~mask).numpy()
-            for row, n, tokens in zip(rows, part.lengths, hidden, strict=True):
-                out[row] = tokens[:n]
-    return out
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -120,6 +83,7 @@ class MatchingHead(Head):
 
     kind: ClassVar[str] = "matching"
     takes_token_states: ClassVar[bool] = True
+    token_layer: ClassVar[TokenLayer] = "top"
 
     def __init__(
         self,
@@ -137,53 +101,36 @@ class MatchingHead(Head):
         self.max_iter = max_iter
         self.tol = tol
 
-    @classmethod
-    def prepared(cls, X: Any) -> Any:
-        """Run the frozen top layer once over the training states, for every fit that follows."""
-        if isinstance(X, TopOutputs):
-            return X
-        states = _check_training_states(X)
-        assert states.top is not None
-        return TopOutputs(states, run_top(frozen_layer(states.top), states))
-
-    def fit(self, X: TokenStates | TopOutputs, y: Sequence[str]) -> Self:
-        data = self.prepared(X)
-        assert data.states.top is not None
-        features, labels = self._check_training_data(pooled(data.outputs, self.max_weight), y)
+    def fit(self, X: TokenStates, y: Sequence[str]) -> Self:
+        outputs = check_token_states(X, self.kind).rows()
+        features, labels = self._check_training_data(pooled(outputs, self.max_weight), y)
         sentence = LinearHead(C=self.C, max_iter=self.max_iter, tol=self.tol)
         sentence.fit(features, labels.tolist())
         index = {label: i for i, label in enumerate(sentence.classes_)}
         by_label = np.argsort([index[label] for label in labels], kind="stable")
-        tokens = [content_tokens(data.outputs[i]) for i in by_label]
+        tokens = [content_tokens(outputs[i]) for i in by_label]
         self.sentence_ = sentence
         self.bank_ = np.vstack(tokens).astype(np.float16)
         owners = np.asarray([index[labels[i]] for i in by_label])
-        self.bank_counts_ = (
-            np.bincount(owners, weights=[len(t) for t in tokens], minlength=len(index))
-            .astype(int)
-            .tolist()
-        )
-        self.layer_config_ = dict(data.states.top.config)
-        self.layer_ = frozen_layer(data.states.top)
+        sizes = [len(t) for t in tokens]
+        self.bank_counts_ = np.bincount(owners, weights=sizes, minlength=len(index)).astype(int)
         self.classes_ = sentence.classes_
-        self.n_features_in_ = int(data.states.hidden.shape[-1])
+        self.n_features_in_ = int(X.hidden.shape[-1])
         return self
 
-    def _check_predict_input(self, X: Any) -> TopOutputs:  # type: ignore[override]
+    def _check_predict_input(self, X: Any) -> list[np.ndarray]:  # type: ignore[override]
         self._check_fitted()
-        if isinstance(X, TopOutputs):
-            return X
         states = check_token_states(X, self.kind)
         if states.hidden.shape[-1] != self.n_features_in_:
             raise TrainingDataError(
                 f"head expects {self.n_features_in_}-wide token states, "
                 f"got {states.hidden.shape[-1]}"
             )
-        return TopOutputs(states, run_top(self.layer_, states))
+        return states.rows()
 
-    def _proba(self, X: TopOutputs) -> np.ndarray:
-        sentence = self.sentence_.logits(pooled(X.outputs, self.max_weight))
-        matched = max_sim(X.outputs, self.bank_, self.bank_counts_)
+    def _proba(self, X: list[np.ndarray]) -> np.ndarray:
+        sentence = self.sentence_.logits(pooled(X, self.max_weight))
+        matched = max_sim(X, self.bank_, self.bank_counts_.tolist())
         logits = log_softmax(sentence, axis=1) + self.match_weight * log_softmax(
             matched / self.match_temperature, axis=1
         )
@@ -201,14 +148,12 @@ class MatchingHead(Head):
                 "max_iter": self.max_iter,
                 "tol": self.tol,
             },
-            "layer": self.layer_config_,
-            "bank_tokens_per_label": self.bank_counts_,
+            "bank_tokens_per_label": self.bank_counts_.tolist(),
         }
         tensors = {
             "coef": self.sentence_.coef_,
             "intercept": self.sentence_.intercept_,
             "bank": self.bank_,
-            **{LAYER_PREFIX + name: w.numpy() for name, w in self.layer_.state_dict().items()},
         }
         return HeadState(config, tensors)
 
@@ -217,44 +162,26 @@ class MatchingHead(Head):
         config, tensors = state.config, state.tensors
         head = cls(**config["params"])
         classes = list(config["classes"])
-        counts = [int(c) for c in config["bank_tokens_per_label"]]
-        top = TopLayer(
-            dict(config["layer"]),
-            {
-                name.removeprefix(LAYER_PREFIX): np.asarray(t, dtype=np.float32)
-                for name, t in tensors.items()
-                if name.startswith(LAYER_PREFIX)
-            },
-        )
-        width = int(top.config["d_model"])
+        counts = np.asarray(config["bank_tokens_per_label"], dtype=int)
+        width = tensors["bank"].shape[-1]
         if (
-            len(counts) != len(classes)
-            or min(counts, default=0) < 1
-            or tensors["bank"].shape != (sum(counts), width)
+            counts.shape != (len(classes),)
+            or (counts < 1).any()
+            or tensors["bank"].shape != (counts.sum(), width)
             or tensors["coef"].shape != (len(classes), 2 * width)
             or tensors["intercept"].shape != (len(classes),)
         ):
             raise HeadStateError("matching head tensors do not match its classes")
-        sentence = LinearHead(C=head.C, max_iter=head.max_iter, tol=head.tol)
-        sentence.classes_ = classes
-        sentence.coef_ = tensors["coef"]
-        sentence.intercept_ = tensors["intercept"]
-        sentence.n_features_in_ = 2 * width
-        head.sentence_ = sentence
+        head.sentence_ = LinearHead.with_weights(
+            classes,
+            tensors["coef"],
+            tensors["intercept"],
+            C=head.C,
+            max_iter=head.max_iter,
+            tol=head.tol,
+        )
         head.bank_ = tensors["bank"].astype(np.float16)
         head.bank_counts_ = counts
-        try:
-            head.layer_ = frozen_layer(top)
-        except RuntimeError as exc:
-            raise HeadStateError(f"matching head tensors do not fit its layer: {exc}") from exc
-        head.layer_config_ = dict(top.config)
         head.classes_ = classes
         head.n_features_in_ = width
         return head
-
-
-def _check_training_states(X: Any) -> TokenStates:
-    states = check_token_states(X, MatchingHead.kind)
-    if states.top is None:
-        raise TrainingDataError("these token states carry no top layer to run them through")
-    return states

@@ -180,8 +180,6 @@ def _fit_head(
     example_labels = [labels[i] for i in scored]
     check_label_count(kind, example_labels)
     check_abstain_option(kind, example_labels, abstain)
-    if kind in HEAD_KINDS:  # what the kind derives once for all its folds and its final fit
-        features = HEAD_KINDS[kind].prepared(features)
     if kind == "multilabel":
         assert isinstance(features, np.ndarray)
         return _fit_multilabel(features, labels, inputs, started)

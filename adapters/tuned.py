@@ -108,7 +108,16 @@ class _Tuned(nn.Module):
 
     def __init__(self, layer_config: dict[str, Any], n_classes: int, dropout: float) -> None:
         super().__init__()
-        self.layer = _layer(layer_config, dropout)
+        self.layer = nn.TransformerEncoderLayer(
+            d_model=int(layer_config["d_model"]),
+            nhead=int(layer_config["nhead"]),
+            dim_feedforward=int(layer_config["dim_feedforward"]),
+            dropout=dropout,
+            activation="gelu",
+            layer_norm_eps=float(layer_config["layer_norm_eps"]),
+            batch_first=True,
+            norm_first=False,
+        )
         self.classifier = nn.Linear(int(layer_config["d_model"]), n_classes)
         self.pooling = str(layer_config.get("pooling", "mean"))
 
@@ -304,26 +313,6 @@ def pretrained_features(states: TokenStates, *, precision: str = "auto") -> np.n
     network = _pretrained(states.top, n_classes=1, dropout=0.0).eval()
     width = int(states.top.config["d_model"])
     return _apply(network.features, states, width, mixed=_mixed(precision))
-
-
-def _layer(layer_config: dict[str, Any], dropout: float) -> nn.TransformerEncoderLayer:
-    return nn.TransformerEncoderLayer(
-        d_model=int(layer_config["d_model"]),
-        nhead=int(layer_config["nhead"]),
-        dim_feedforward=int(layer_config["dim_feedforward"]),
-        dropout=dropout,
-        activation="gelu",
-        layer_norm_eps=float(layer_config["layer_norm_eps"]),
-        batch_first=True,
-        norm_first=False,
-    )
-
-
-def frozen_layer(top: TopLayer) -> nn.TransformerEncoderLayer:
-    """The backbone's top layer as it is, for heads that read its output without tuning it."""
-    layer = _layer(top.config, dropout=0.0)
-    layer.load_state_dict({name: torch.from_numpy(w) for name, w in top.weights.items()})
-    return layer.eval().requires_grad_(False)
 
 
 def _pretrained(top: TopLayer, n_classes: int, dropout: float) -> _Tuned:

@@ -53,6 +53,8 @@ from service.backbone import (
 from service.settings import DEFAULT_TEXT_BACKBONE
 
 RESULTS = Path(__file__).with_name("RESULTS-quality.md")
+#: Token states by the layer they enter ("below_top", for tuned heads) or leave ("top", matching).
+States = dict[str, TokenStates]
 KINDS = ("prototype", "linear", "mlp", "tuned", "hybrid", "matching", "auto")
 #: Kinds also trained with every label described by its name ("card_arrival": "card arrival"),
 #: as ``"label_descriptions"`` teaches them: reported as ``<kind>+names``, apart from the kinds
@@ -82,19 +84,25 @@ class Encoder:
 
         self.top = text_top_layer(model_dir)
 
-    def __call__(self, texts: list[str]) -> tuple[np.ndarray, TokenStates]:
-        """Pooled features and the token states below the top layer, from the same passes."""
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, States]:
+        """Pooled features and the token states entering and leaving the top layer, from the
+        same passes."""
         items = self.inputs.prepare(texts)
         order = sorted(range(len(items)), key=lambda i: len(items[i]))
         out = np.zeros((len(items), self.model.info.dim), dtype=np.float32)
-        states: list[np.ndarray] = [np.empty(0)] * len(items)
+        below: list[np.ndarray] = [np.empty(0)] * len(items)
+        above: list[np.ndarray] = [np.empty(0)] * len(items)
         for start in range(0, len(order), 64):
             rows = order[start : start + 64]
             batch = [items[i] for i in rows]
-            out[rows], below_top = self.model.forward_with_states(batch, range(len(batch)))
-            for i, state in zip(rows, below_top, strict=True):
-                states[i] = state.astype(np.float32)
-        return out, TokenStates.from_rows(states, self.top)
+            wanted = [(r, layer) for r in range(len(batch)) for layer in ("below_top", "top")]
+            out[rows], states = self.model.forward_with_states(batch, wanted)
+            for i, entering, leaving in zip(rows, states[::2], states[1::2], strict=True):
+                below[i], above[i] = entering, leaving
+        return out, {
+            "below_top": TokenStates.from_rows(below, self.top),
+            "top": TokenStates.from_rows(above),
+        }
 
 
 def scores(truth: list[str], predicted: list[str]) -> tuple[float, float]:
@@ -104,10 +112,10 @@ def scores(truth: list[str], predicted: list[str]) -> tuple[float, float]:
     )
 
 
-def head_input(kind: str, X: np.ndarray, states: TokenStates, texts: list[str]) -> Features:
+def head_input(kind: str, X: np.ndarray, states: States, texts: list[str]) -> Features:
     """What ``kind`` learns from and predicts from, as the service hands it over."""
     if HEAD_KINDS.get(kind, LinearHead).takes_token_states:
-        return states
+        return states[HEAD_KINDS[kind].token_layer]
     if HEAD_KINDS.get(kind, LinearHead).takes_texts:
         return TextFeatures.of(X, texts)
     return X
@@ -117,7 +125,7 @@ def run_kinds(
     encode: Encoder,
     draw: list[Labelled],
     test_X: np.ndarray,
-    test_states: TokenStates,
+    test_states: States,
     test_texts: list[str],
     test_y: list[str],
 ) -> dict[str, dict[str, float]]:
@@ -149,7 +157,8 @@ def run_kinds(
     teach_only = [False] * len(y) + [True] * len(labels)
     for kind in DESCRIBED_KINDS:
         started = time.perf_counter()
-        with_names = np.vstack([X, named_X]), states.concat(named_states), texts + names
+        both = {layer: part.concat(named_states[layer]) for layer, part in states.items()}
+        with_names = np.vstack([X, named_X]), both, texts + names
         learns_from = head_input(kind, *with_names)
         head, report = fit_head(kind, learns_from, y + labels, texts + names, teach_only=teach_only)
         fit_s = time.perf_counter() - started
@@ -172,7 +181,7 @@ def run_abstention(
     train: list[Labelled],
     test: list[Labelled],
     test_X: np.ndarray,
-    test_states: TokenStates,
+    test_states: States,
     seed: int,
 ) -> dict[str, float]:
     labels = sorted({row.label for row in train})

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from adapters.base import TokenLayer
 from adapters.tuned import TopLayer, bf16_is_native
 from service.errors import InvalidInput
 from service.settings import DEFAULT_TEXT_BACKBONE
@@ -46,9 +47,10 @@ class Model(Protocol):
         ...
 
     def forward_with_states(
-        self, items: Sequence[Any], rows: Sequence[int]
+        self, items: Sequence[Any], wanted: Sequence[tuple[int, TokenLayer]]
     ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """:meth:`forward`, plus the token states below the top layer of the items at ``rows``."""
+        """:meth:`forward`, plus per ``(row, layer)`` in ``wanted`` that item's token states:
+        those entering the top layer (``"below_top"``) or leaving it (``"top"``)."""
         ...
 
     def warm_up(self) -> None: ...
@@ -229,10 +231,11 @@ class TextModel:
         return self.forward_with_states(items, ())[0]
 
     def forward_with_states(
-        self, items: Sequence[list[int]], rows: Sequence[int]
+        self, items: Sequence[list[int]], wanted: Sequence[tuple[int, TokenLayer]]
     ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Features of every item and, for the items at ``rows``, the token states that enter
-        the top layer (float32, one ``tokens x dim`` array each): what tuned heads read.
+        """Features of every item and, per ``(row, layer)`` in ``wanted``, that item's token
+        states (float32, one ``tokens x dim`` array each): those that enter the top layer, which
+        tuned heads read, or those that leave it, which matching heads read.
 
         Not float16, though half the bytes: rounding to it would turn the 1e-7 differences that
         batch padding makes into 1e-3 ones, and a text's scores would depend on its batch."""
@@ -247,7 +250,7 @@ class TextModel:
             out = self.model(
                 input_ids=torch.from_numpy(ids),
                 attention_mask=attention,
-                output_hidden_states=bool(rows),
+                output_hidden_states=any(layer == "below_top" for _row, layer in wanted),
             )
             hidden = out[0].to(torch.float32)
             if self.pooling == "cls":
@@ -256,10 +259,10 @@ class TextModel:
                 weights = attention.unsqueeze(-1).to(torch.float32)
                 pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
             features = torch.nn.functional.normalize(pooled, dim=-1)
-            states = []
-            if rows:
-                below_top = out.hidden_states[-2].to(torch.float32)
-                states = [below_top[r, : len(items[r])].numpy() for r in rows]
+            by_layer = {"top": hidden}
+            if out.hidden_states is not None:
+                by_layer["below_top"] = out.hidden_states[-2].to(torch.float32)
+            states = [by_layer[layer][row, : len(items[row])].numpy() for row, layer in wanted]
         return features.numpy(), states
 
     def warm_up(self) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from adapters.base import TokenLayer
 from adapters.tuned import TopLayer
 from service.backbone import BackboneInfo, Inputs, Model
 from service.errors import Unavailable
@@ -65,12 +66,12 @@ def _serve(connection: Connection, spec: ModelSpec) -> None:
     connection.send(model.info)
     while True:
         try:
-            items, state_rows = connection.recv()
+            items, wanted = connection.recv()
         except (EOFError, OSError):
             return  # the server process is gone: so are we
         try:
-            if state_rows:
-                connection.send(("ok", model.forward_with_states(items, state_rows)))
+            if wanted:
+                connection.send(("ok", model.forward_with_states(items, wanted)))
             else:
                 connection.send(("ok", (model.forward(items), [])))
         except Exception as exc:  # reported to the callers of this batch, not fatal here
@@ -124,10 +125,11 @@ class BackboneProcess:
         return self.info
 
     async def forward(
-        self, items: Sequence[Any], state_rows: Sequence[int] = ()
+        self, items: Sequence[Any], wanted: Sequence[tuple[int, TokenLayer]] = ()
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """One batch through the child, one batch at a time, in call order: the features, and
-        the token states below the top layer of the items at ``state_rows``."""
+        per ``(row, layer)`` in ``wanted`` that item's token states (entering the top layer, or
+        leaving it)."""
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
@@ -137,7 +139,7 @@ class BackboneProcess:
                 for _ in range(self._unread):  # answers nobody waits for any more
                     await self._receive()
                 self._unread = 0
-                self._connection.send((list(items), list(state_rows)))
+                self._connection.send((list(items), list(wanted)))
                 try:
                     status, payload = await self._receive()
                 except asyncio.CancelledError:
@@ -220,9 +222,9 @@ class SharedBackbone:
         return self.inputs.cost(item)
 
     async def forward(
-        self, items: Sequence[Any], state_rows: Sequence[int] = ()
+        self, items: Sequence[Any], wanted: Sequence[tuple[int, TokenLayer]] = ()
     ) -> tuple[np.ndarray, list[np.ndarray]]:
-        return await self.process.forward(items, state_rows)
+        return await self.process.forward(items, wanted)
 
     def close(self) -> None:
         self.process.close()

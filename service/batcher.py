@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from adapters.base import TokenLayer
 from service import metrics
 from service.backbone_process import SharedBackbone
 
@@ -45,8 +46,10 @@ class _Call:
     future: asyncio.Future[None]
     rows: np.ndarray
     remaining: int
-    #: Token states below the backbone's top layer, one per item, when the caller asked.
+    #: Token states, one per item, when the caller asked: of ``layer`` (entering the top layer
+    #: or leaving it).
     states: list[np.ndarray] | None = None
+    layer: TokenLayer = "below_top"
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -70,24 +73,30 @@ class EmbeddingBatcher:
 
     async def embed(self, items: Sequence[Any], *, bulk: bool = False) -> np.ndarray:
         """Features for already prepared ``items``, in order; waits for the shared passes."""
-        return (await self._submit(items, bulk, states=False)).rows
+        return (await self._submit(items, bulk, states=None)).rows
 
-    async def embed_states(self, items: Sequence[Any], *, bulk: bool = False) -> list[np.ndarray]:
-        """Per item, the token states that enter the backbone's top layer (for tuned heads).
+    async def embed_states(
+        self, items: Sequence[Any], *, bulk: bool = False, layer: TokenLayer = "below_top"
+    ) -> list[np.ndarray]:
+        """Per item, the token states that enter the backbone's top layer (for tuned heads) or
+        leave it (``layer="top"``, for matching heads).
 
-        They ride in the same shared passes as everyone's features: the lower layers still
-        run once per batch for all tenants."""
-        call = await self._submit(items, bulk, states=True)
+        They ride in the same shared passes as everyone's features: the backbone still runs
+        once per batch for all tenants."""
+        call = await self._submit(items, bulk, states=layer)
         assert call.states is not None
         return call.states
 
-    async def _submit(self, items: Sequence[Any], bulk: bool, *, states: bool) -> _Call:
+    async def _submit(
+        self, items: Sequence[Any], bulk: bool, *, states: TokenLayer | None
+    ) -> _Call:
         loop = asyncio.get_running_loop()
         call = _Call(
             future=loop.create_future(),
             rows=np.empty((len(items), self.backbone.dim), dtype=np.float32),
             remaining=len(items),
             states=[np.empty(0)] * len(items) if states else None,
+            layer=states or "below_top",
         )
         if not items:
             return call
@@ -148,18 +157,18 @@ class EmbeddingBatcher:
             metrics.BATCH_QUEUE_WAIT.observe(now - slot.call.queued_at)
         metrics.BATCH_SIZE.observe(len(live))
         metrics.BATCH_TOKENS.observe(len(live) * max(s.cost for s in live))
-        state_rows = [i for i, slot in enumerate(live) if slot.call.states is not None]
+        wanted = [(i, s.call.layer) for i, s in enumerate(live) if s.call.states is not None]
         try:
-            rows, states = await self.backbone.forward([s.item for s in live], state_rows)
+            rows, states = await self.backbone.forward([s.item for s in live], wanted)
         except Exception as exc:  # a failed pass fails only the calls that were in it
             for slot in live:
                 if not slot.call.future.done():
                     slot.call.future.set_exception(exc)
             return
-        for i, state in zip(state_rows, states, strict=True):
-            wanted = live[i].call.states
-            assert wanted is not None
-            wanted[live[i].index] = state
+        for (i, _layer), state in zip(wanted, states, strict=True):
+            kept = live[i].call.states
+            assert kept is not None
+            kept[live[i].index] = state
         for slot, row in zip(live, rows, strict=True):
             call = slot.call
             if call.future.done():

@@ -28,6 +28,7 @@ from adapters import (
     TrainingDataError,
     head_from_state,
 )
+from adapters.base import TokenLayer
 from adapters.evaluation import Evaluation, check_truth, evaluate_head
 from adapters.selection import Features
 from adapters.stopping import FitStopped, stoppable
@@ -60,6 +61,12 @@ from service.settings import Settings
 from service.training_data import TrainingSet, training_set
 
 T = TypeVar("T")
+
+#: Why a kind that reads texts cannot learn on an image backbone.
+_LEARN_FROM_TEXTS = {
+    "hybrid": "learn from the words of texts",
+    "matching": "match the tokens of texts",
+}
 
 log = logging.getLogger("graft.training")
 
@@ -153,12 +160,18 @@ class HeadService:
         return await self.batcher.embed(items, bulk=bulk)
 
     async def token_states(
-        self, inputs: Sequence[InputItem], *, bulk: bool = False, field: str = "inputs"
+        self,
+        inputs: Sequence[InputItem],
+        layer: TokenLayer,
+        *,
+        bulk: bool = False,
+        field: str = "inputs",
     ) -> TokenStates:
-        """What tuned and matching heads read: the token states below the backbone's top layer."""
+        """What tuned and matching heads read: the token states that enter the backbone's top
+        layer (``"below_top"``) or leave it (``"top"``)."""
         items = await self._prepare(inputs, bulk=bulk, field=field)
         self._check_token_budget(items, field)
-        return TokenStates.from_rows(await self.batcher.embed_states(items, bulk=bulk))
+        return TokenStates.from_rows(await self.batcher.embed_states(items, bulk=bulk, layer=layer))
 
     def _check_token_budget(self, items: Sequence[list[int]], field: str) -> None:
         self.limits.check_token_states(len(items), max(map(len, items), default=0), field)
@@ -169,29 +182,28 @@ class HeadService:
         """What ``head`` predicts from: pooled features, token states for a tuned or matching
         head, or features with their texts for a hybrid head."""
         if head.takes_token_states:
-            return await self.token_states(inputs, bulk=bulk, field=field)
+            return await self.token_states(inputs, head.token_layer, bulk=bulk, field=field)
         features = await self.embed(inputs, bulk=bulk, field=field)
         if head.takes_texts:  # counting n-grams is Python per character: off the event loop
             texts = [str(text) for text in inputs]
             return await anyio.to_thread.run_sync(TextFeatures.of, features, texts)
         return features
 
-    def _top_layer(self, kind: str) -> TopLayer:
+    def _top_layer(self) -> TopLayer:
         top = self.backbone.top_layer
         if top is None:
-            doing = "to tune" if kind == "tuned" else "for a matching head to run"
             raise KindNotSupported(
-                f"this server's backbone ({self.backbone.name}) has no transformer layer {doing}; "
+                f"this server's backbone ({self.backbone.name}) has no transformer layer to tune; "
                 "train a linear, mlp, prototype, multilabel or auto head instead",
                 field="kind",
             )
         return top
 
-    def _check_reads_texts(self) -> None:
+    def _check_reads_texts(self, kind: str) -> None:
         if self.backbone.kind != "text":
             raise KindNotSupported(
-                f"this server's backbone ({self.backbone.name}) reads images, and hybrid heads "
-                "learn from the words of texts; train a linear, mlp, prototype, multilabel or "
+                f"this server's backbone ({self.backbone.name}) reads images, and {kind} heads "
+                f"{_LEARN_FROM_TEXTS[kind]}; train a linear, mlp, prototype, multilabel or "
                 "auto head instead",
                 field="kind",
             )
@@ -242,34 +254,40 @@ class HeadService:
             base = base.without_descriptions_of(descriptions)
         inputs = [*texts, *descriptions.values()]
         row_labels = [*labels, *descriptions]
-        tuned = kind in HEAD_KINDS and HEAD_KINDS[kind].takes_token_states  # or matching
-        with_texts = kind in HEAD_KINDS and HEAD_KINDS[kind].takes_texts
-        top = self._top_layer(kind) if tuned else None
+        cls = HEAD_KINDS.get(kind)
+        layer = cls.token_layer if cls is not None and cls.takes_token_states else None
+        with_texts = cls is not None and cls.takes_texts
+        top = self._top_layer() if layer == "below_top" else None  # where a tuned head starts
         if with_texts and base is not None:
             base.kept_texts()  # a base that kept no texts is refused before any embedding
         features: np.ndarray | TokenStates
         if not inputs:  # a new version from its base's examples alone: nothing to embed
             empty = np.zeros((0, self.backbone.dim), dtype=np.float32)
-            features = TokenStates.from_rows([]) if tuned else empty
+            features = TokenStates.from_rows([]) if layer else empty
             if progress is not None:
                 await progress.phase("fitting")
-        elif progress is None and tuned:
-            features = await self.token_states(inputs, bulk=True, field="examples")
+        elif progress is None and layer:
+            features = await self.token_states(inputs, layer, bulk=True, field="examples")
         elif progress is None:
             features = await self.embed(inputs, bulk=True, field="examples")
         else:
-            features = await self._embed_reporting(inputs, progress, tuned=tuned)
+            features = await self._embed_reporting(inputs, progress, layer=layer)
             await progress.phase("fitting")
         data = training_set(
-            features, row_labels, inputs, keep_texts=with_texts, descriptions=len(descriptions)
+            features,
+            row_labels,
+            inputs,
+            keep_texts=with_texts,
+            descriptions=len(descriptions),
+            token_layer=layer or "below_top",
         )
         if base is not None:
             data = base.extended(data)
-        if top is not None:
-            if base is not None:  # the new examples alone were checked before embedding
+            if layer:  # the new examples alone were checked before embedding
                 assert isinstance(data.features, TokenStates)
                 n_inputs, longest = data.features.hidden.shape[:2]
                 self.limits.check_token_states(n_inputs, longest, "base_version")
+        if top is not None:
             data = data.with_top(top)
 
         def fit_on_a_worker() -> tuple[Head, TrainingReport]:
@@ -322,10 +340,10 @@ class HeadService:
             )
         self.limits.check_examples(texts, labels)
         cls = HEAD_KINDS.get(kind)
-        if cls is not None and cls.takes_token_states:
-            self._top_layer(kind)  # a backbone that cannot serve the kind
-        if cls is not None and cls.takes_texts:
-            self._check_reads_texts()
+        if cls is not None and cls.takes_token_states and cls.token_layer == "below_top":
+            self._top_layer()  # a backbone that cannot serve the kind
+        elif cls is not None and (cls.takes_texts or cls.takes_token_states):
+            self._check_reads_texts(kind)
         with _refused_on("examples"):
             check_label_form(kind, labels)
         if descriptions:
@@ -348,22 +366,23 @@ class HeadService:
             self._check_token_budget(items, "examples")
 
     async def _embed_reporting(
-        self, texts: Sequence[InputItem], progress: TrainingProgress, *, tuned: bool
+        self, texts: Sequence[InputItem], progress: TrainingProgress, *, layer: TokenLayer | None
     ) -> np.ndarray | TokenStates:
-        """Embed chunk by chunk, reporting after each one (where a cancelled job stops)."""
+        """Embed chunk by chunk, reporting after each one (where a cancelled job stops); token
+        states of ``layer`` where a kind reads those."""
         items = await self._prepare(texts, bulk=True, field="examples")
-        if tuned:
+        if layer:
             self._check_token_budget(items, "examples")
         features = np.empty((len(items), self.backbone.dim), dtype=np.float32)
         states: list[np.ndarray] = []
         for start in range(0, len(items), EMBED_CHUNK):
             chunk = items[start : start + EMBED_CHUNK]
-            if tuned:
-                states.extend(await self.batcher.embed_states(chunk, bulk=True))
+            if layer:
+                states.extend(await self.batcher.embed_states(chunk, bulk=True, layer=layer))
             else:
                 features[start : start + len(chunk)] = await self.batcher.embed(chunk, bulk=True)
             await progress.embedded(start + len(chunk), len(items))
-        if tuned:
+        if layer:
             return TokenStates.from_rows(states)
         return features
 
@@ -516,9 +535,9 @@ class HeadService:
         return ref, found
 
     async def _proba(self, head: Head, features: Features) -> np.ndarray:
-        """A frozen-feature head's matrix product runs here; a tuned or matching head's
-        transformer layer (milliseconds per input) and a hybrid head's n-gram counting run off
-        the event loop so that batching goes on meanwhile."""
+        """A frozen-feature head's matrix product runs here; a tuned head's transformer layer
+        and a matching head's token matching (milliseconds per input) and a hybrid head's
+        n-gram counting run off the event loop so that batching goes on meanwhile."""
         if head.takes_token_states or head.takes_texts:
             return await anyio.to_thread.run_sync(head.predict_proba, features)
         return head.predict_proba(features)

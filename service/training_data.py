@@ -2,11 +2,11 @@
 
 Kept so that ``"base_version"`` can add examples to a head without the caller resending the
 old ones, and without embedding them again. Features are float16 (half the bytes; a head fitted
-on them differs from one fitted on float32 in the fourth decimal); a tuned or matching head's
-set keeps the token states below the top layer instead (every input's rows, end to end, and
-their lengths), as float16 too. Inputs are kept as digests, for the duplicate and conflict
-warnings; only a hybrid head's set keeps the texts themselves, because its n-gram model learns
-from their words.
+on them differs from one fitted on float32 in the fourth decimal); a tuned head's set keeps the
+token states that enter the top layer instead, a matching head's those that leave it (every
+input's rows, end to end, and their lengths), as float16 too. Inputs are kept as digests, for
+the duplicate and conflict warnings; only a hybrid head's set keeps the texts themselves,
+because its n-gram model learns from their words.
 Label descriptions are rows too, marked ``teach_only``: a head learns from them, and no estimate
 or count of examples includes them. Safetensors again, labels in its JSON metadata, so reading
 it back can never run code.
@@ -23,8 +23,12 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load, save
 
-from adapters import TextFeatures, TokenStates, TopLayer
+from adapters import HEAD_KINDS, TextFeatures, TokenStates, TopLayer
+from adapters.base import TokenLayer
 from service.errors import InvalidExamples
+
+#: The kind that reads each layer's token states, for what a refusal suggests instead.
+KIND_READING = {cls.token_layer: kind for kind, cls in HEAD_KINDS.items() if cls.takes_token_states}
 
 
 def digest(item: Hashable) -> str:
@@ -40,6 +44,7 @@ class TrainingSet:
     digests: list[str]
     texts: list[str] | None = None  # hybrid heads' sets only
     teach_only: frozenset[int] = frozenset()  # rows that are label descriptions
+    token_layer: TokenLayer = "below_top"  # which token states, where features are those
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -64,6 +69,8 @@ class TrainingSet:
         meta = {"labels": json.dumps(labels), "digests": json.dumps(self.digests)}
         if self.teach_only:
             meta["teach_only"] = json.dumps(sorted(self.teach_only))
+        if isinstance(self.features, TokenStates):
+            meta["token_layer"] = self.token_layer
         tensors: dict[str, np.ndarray]
         if isinstance(self.features, TokenStates):
             rows = self.features.rows()
@@ -100,7 +107,8 @@ class TrainingSet:
             joined = tensors["text_bytes"].tobytes()
             texts = [joined[a:b].decode() for a, b in zip([0, *ends[:-1]], ends, strict=True)]
         teach_only = frozenset(json.loads(meta.get("teach_only", "[]")))
-        return cls(features, labels, json.loads(meta["digests"]), texts, teach_only)
+        layer = meta.get("token_layer", "below_top")  # tuned heads' sets came first
+        return cls(features, labels, json.loads(meta["digests"]), texts, teach_only, layer)
 
     def without_descriptions_of(self, labels: Collection[str]) -> TrainingSet:
         """This set less its descriptions of ``labels``: a new version's description of a
@@ -116,6 +124,7 @@ class TrainingSet:
             [self.digests[row] for row in kept],
             None if self.texts is None else [self.texts[row] for row in kept],
             frozenset(renumbered[row] for row in self.teach_only - dropped),
+            self.token_layer,
         )
 
     def extended(self, other: TrainingSet) -> TrainingSet:
@@ -126,16 +135,18 @@ class TrainingSet:
                 field="examples",
             )
         mine, theirs = self.features, other.features
-        if isinstance(mine, TokenStates) and isinstance(theirs, TokenStates):
+        same_layer = self.token_layer == other.token_layer
+        if isinstance(mine, TokenStates) and isinstance(theirs, TokenStates) and same_layer:
             features: np.ndarray | TokenStates = mine.concat(theirs)
         elif isinstance(mine, np.ndarray) and isinstance(theirs, np.ndarray):
             features = np.vstack([mine, theirs])
         elif isinstance(mine, TokenStates):
+            base_kind = KIND_READING[self.token_layer]
             raise InvalidExamples(
-                "the base version is a tuned or matching head's and kept its examples as token "
-                'states, which only tuned and matching heads learn from: send "kind": '
-                '"tuned" or "matching" (a new version does not take its base\'s kind), or train '
-                "this kind with all its examples",
+                f"the base version is a {base_kind} head's and kept its examples as the token "
+                f"states that {_WHICH[self.token_layer]}, which only a {base_kind} head learns "
+                f'from: send "kind": "{base_kind}" (a new version does not take its base\'s '
+                "kind), or train this kind with all its examples",
                 field="base_version",
             )
         else:
@@ -151,7 +162,12 @@ class TrainingSet:
             texts = self.texts + other.texts
         teach_only = self.teach_only | {len(self) + row for row in other.teach_only}
         return TrainingSet(
-            features, self.labels + other.labels, self.digests + other.digests, texts, teach_only
+            features,
+            self.labels + other.labels,
+            self.digests + other.digests,
+            texts,
+            teach_only,
+            self.token_layer,
         )
 
     def kept_texts(self) -> list[str]:
@@ -170,7 +186,7 @@ class TrainingSet:
         return TextFeatures.of(self.features, self.kept_texts())
 
     def with_top(self, top: TopLayer) -> TrainingSet:
-        """A tuned or matching head's set with the layer a new head starts from (not stored)."""
+        """A tuned head's set with the layer a new head starts from (it is not stored)."""
         assert isinstance(self.features, TokenStates)
         return replace(self, features=self.features.with_top(top))
 
@@ -182,8 +198,13 @@ def training_set(
     *,
     keep_texts: bool = False,
     descriptions: int = 0,
+    token_layer: TokenLayer = "below_top",
 ) -> TrainingSet:
     """A set of ``inputs``, the last ``descriptions`` of them label descriptions."""
     texts = [str(item) for item in inputs] if keep_texts else None
     teach_only = frozenset(range(len(inputs) - descriptions, len(inputs)))
-    return TrainingSet(features, list(labels), [digest(item) for item in inputs], texts, teach_only)
+    digests = [digest(item) for item in inputs]
+    return TrainingSet(features, list(labels), digests, texts, teach_only, token_layer)
+
+
+_WHICH = {"below_top": "enter the top layer", "top": "leave the top layer"}

@@ -162,10 +162,10 @@ class ImageModel:
         return features.numpy()
 
     def forward_with_states(
-        self, items: Sequence[np.ndarray], rows: Sequence[int]
+        self, items: Sequence[np.ndarray], wanted: Sequence[tuple[int, str]]
     ) -> tuple[np.ndarray, list[np.ndarray]]:
-        # The server refuses tuned heads on an image backbone before any pass gets here.
-        raise NotImplementedError("an image backbone has no token states to tune a layer on")
+        # The server refuses tuned and matching heads on an image backbone before any pass.
+        raise NotImplementedError("an image backbone has no token states")
 
     def warm_up(self) -> None:
         """Run the batch shapes the batcher forms most, so first callers skip kernel set-up."""

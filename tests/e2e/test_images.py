@@ -139,7 +139,7 @@ def test_label_descriptions_are_refused_on_the_image_backbone(server, target):
     ("kind", "why"),
     [
         ("tuned", "no transformer layer to tune"),
-        ("matching", "no transformer layer for a matching head to run"),
+        ("matching", "match the tokens of texts"),
         ("hybrid", "learn from the words of texts"),
     ],
 )

@@ -122,10 +122,23 @@ def test_token_states_through_a_copy_of_the_top_layer_give_the_backbone_features
     """A tuned head's starting point computes exactly what the frozen top layer computes."""
     texts = ["a", "where is my new card?", "I was charged twice for one transfer last week"]
     items = tokens.prepare(texts)
-    features, states = fp32.forward_with_states(items, [0, 1, 2])
+    features, states = fp32.forward_with_states(items, [(row, "below_top") for row in range(3)])
     assert [len(s) for s in states] == [len(i) for i in items]
     assert states[0].dtype == np.float32
     top = text_top_layer(MODEL_DIR)
     assert top is not None and top.config["d_model"] == 384
     copied = pretrained_features(TokenStates.from_rows(states, top), precision="float32")
     np.testing.assert_allclose(copied, features, atol=1e-5)
+
+
+def test_the_top_layers_output_tokens_pool_to_the_backbone_features(fp32, tokens):
+    """What a matching head reads: the tokens whose mean is the sentence's features, asked for
+    beside another row's states of the other layer in the same pass."""
+    texts = ["where is my new card?", "I was charged twice for one transfer last week"]
+    items = tokens.prepare(texts)
+    features, states = fp32.forward_with_states(items, [(1, "top"), (0, "below_top"), (0, "top")])
+    assert [len(s) for s in states] == [len(items[1]), len(items[0]), len(items[0])]
+    for row, tokens_out in ((1, states[0]), (0, states[2])):
+        mean = tokens_out.mean(axis=0)
+        np.testing.assert_allclose(mean / np.linalg.norm(mean), features[row], atol=1e-6)
+    assert not np.allclose(states[1], states[2])  # entering the top layer is not leaving it

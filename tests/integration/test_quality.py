@@ -274,14 +274,14 @@ def test_matching_head_beats_linear_on_close_intents_and_stores_its_tokens(app):
     content = sum(len(tokeniser(row.text)["input_ids"]) - 2 for row in taught)
     assert tensors["bank"].shape == (content, 384)
     assert sum(json.loads(config)["bank_tokens_per_label"]) == content
-    assert tensors["layer.linear1.weight"].shape == (1536, 384)  # its frozen copy of the top
+    assert set(tensors) == {"bank", "coef", "intercept"}  # no layer of its own
 
 
-def test_matching_head_grows_from_a_tuned_base_and_not_from_a_linear_one(app):
+def test_matching_head_grows_from_its_own_kind_only(app):
     client, home = app
     first = few_shot(rows("train", INTENTS[:3]), per_label=6, seed=1)
     added = few_shot(rows("train", {"top_up_failed"}), per_label=6, seed=1)
-    for kind in ("tuned", "linear"):
+    for kind in ("matching", "tuned", "linear"):  # versions 1, 2 and 3
         response = client.post(
             "/v1/heads/train",
             json={"head": "matching-grows", "examples": examples(first), "kind": kind},
@@ -293,27 +293,32 @@ def test_matching_head_grows_from_a_tuned_base_and_not_from_a_linear_one(app):
             "head": "matching-grows",
             "examples": examples(added),
             "kind": "matching",
-            "base_version": 1,  # the tuned version: the same token states
+            "base_version": 1,
         },
     )
     assert grown.status_code == 200, grown.text
-    assert (grown.json()["version"], grown.json()["n_examples"]) == (3, 24)
+    assert (grown.json()["version"], grown.json()["n_examples"]) == (4, 24)
     test = few_shot(rows("test", {*INTENTS[:3], "top_up_failed"}), per_label=4, seed=2)
     assert accuracy(predict(client, "matching-grows", test), test) >= 0.8
+    assert "top_up_failed" in {p["label"] for p in predict(client, "matching-grows", test)}
     before = registry_snapshot(home)
-    refused = client.post(
-        "/v1/heads/train",
-        json={
-            "head": "matching-grows",
-            "examples": examples(added),
-            "kind": "matching",
-            "base_version": 2,  # the linear version kept pooled features
-        },
-    )
-    assert refused.status_code == 400
-    assert refused.json()["error"]["code"] == "invalid_examples"
-    assert refused.json()["error"]["field"] == "base_version"
-    assert "tuned and matching heads learn from token states" in refused.json()["error"]["message"]
+    for base, says in (
+        (2, "a tuned head's and kept its examples as the token states that enter the top layer"),
+        (3, "kept its examples as pooled features, and tuned and matching heads learn from"),
+    ):
+        refused = client.post(
+            "/v1/heads/train",
+            json={
+                "head": "matching-grows",
+                "examples": examples(added),
+                "kind": "matching",
+                "base_version": base,
+            },
+        )
+        assert refused.status_code == 400
+        assert refused.json()["error"]["code"] == "invalid_examples"
+        assert refused.json()["error"]["field"] == "base_version"
+        assert says in refused.json()["error"]["message"]
     assert registry_snapshot(home) == before
 
 

@@ -1,7 +1,7 @@
-"""The matching head on a small synthetic layer: its scores, its saved state, what it refuses.
+"""The matching head on small synthetic token states: its scores, its saved state, what it refuses.
 
-Learning real intents with the real backbone's top layer is tested over HTTP in
-tests/integration/test_quality.py; here an 8-wide layer keeps the mechanics fast to check.
+Learning real intents from the real backbone's output is tested over HTTP in
+tests/integration/test_quality.py; here 8-wide states keep the mechanics fast to check.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from adapters import (
     HeadState,
     HeadStateError,
     MatchingHead,
+    TokenStates,
     TrainingDataError,
     head_from_state,
-    matching,
 )
+from adapters.base import tempered
 from adapters.matching import content_tokens, max_sim
 from adapters.training import fit_head
 from tests.unit.test_tuned import WIDTH, two_topics
@@ -57,6 +58,7 @@ def test_a_matching_head_learns_and_round_trips_through_its_state():
     assert state.tensors["bank"].dtype == np.float16
     assert sum(state.config["bank_tokens_per_label"]) == content
     assert state.tensors["coef"].shape == (2, 2 * WIDTH)  # mean and max pooled
+    assert set(state.tensors) == {"bank", "coef", "intercept"}
     back = head_from_state(HeadState.from_serialized(state.config_json(), state.tensor_bytes()))
     np.testing.assert_array_equal(back.predict_proba(test), head.predict_proba(test))
 
@@ -67,29 +69,22 @@ def test_a_matching_state_whose_tensors_do_not_fit_is_refused():
     for name, broken in (
         ("bank", np.zeros((3, WIDTH), np.float16)),  # fewer tokens than its labels hold
         ("coef", np.zeros((2, WIDTH), np.float32)),  # the mean alone, no max
-        ("layer.linear1.weight", np.zeros((5, WIDTH), np.float32)),
     ):
         with pytest.raises(HeadStateError):
             head_from_state(HeadState(state.config, {**state.tensors, name: broken}))
 
 
-def test_fit_head_runs_the_frozen_layer_once_for_every_fold(monkeypatch):
+def test_fit_head_cross_validates_and_calibrates_a_matching_head():
     states, labels = two_topics(40)
-    calls = []
-    real_run_top = matching.run_top
-
-    def counted(layer, part):
-        calls.append(len(part))
-        return real_run_top(layer, part)
-
-    monkeypatch.setattr(matching, "run_top", counted)
     head, report = fit_head("matching", states, labels, list(range(40)))
-    assert calls == [40]  # not once per fold: 5 folds, the final fit and the report's scores
     assert (report.kind, report.cv_folds) == ("matching", 5)
     assert report.cv_accuracy is not None and report.cv_accuracy >= 0.9
-    prepared = MatchingHead.prepared(states)
-    direct = MatchingHead().fit(prepared, labels)
-    np.testing.assert_array_equal(direct._proba(prepared), head._proba(prepared))
+    direct = MatchingHead().fit(states, labels)
+    # The same fit, its probabilities then tempered by the cross-validated temperature.
+    assert head.temperature_ != 1.0
+    np.testing.assert_allclose(
+        head.predict_proba(states), tempered(direct.predict_proba(states), head.temperature_)
+    )
 
 
 def test_matching_heads_read_token_states_with_their_top_layer():
@@ -98,5 +93,5 @@ def test_matching_heads_read_token_states_with_their_top_layer():
         MatchingHead().fit(np.zeros((12, WIDTH), np.float32), labels)
     with pytest.raises(TrainingDataError, match="a matching head learns from token states"):
         fit_head("matching", np.zeros((12, WIDTH), np.float32), labels, list(range(12)))
-    with pytest.raises(TrainingDataError, match="carry no top layer"):
-        MatchingHead().fit(states.with_top(None), labels)
+    with pytest.raises(TrainingDataError, match="expects 8-wide token states, got 3"):
+        MatchingHead().fit(states, labels).predict_proba(TokenStates.from_rows([np.ones((2, 3))]))

@@ -68,8 +68,26 @@ def test_a_tuned_set_does_not_extend_a_pooled_one_either_way():
     with pytest.raises(InvalidExamples, match="kept its examples as pooled features") as found:
         pooled.extended(tuned)
     assert found.value.field == "base_version"
-    with pytest.raises(InvalidExamples, match="kept its examples as token states"):
+    with pytest.raises(InvalidExamples, match="kept its examples as the token states that enter"):
         tuned.extended(pooled)
+
+
+def test_a_matching_set_keeps_its_layer_and_extends_only_a_matching_one():
+    matched = training_set(token_states([3]), ["a"], ["x"], token_layer="top")
+    back = TrainingSet.from_bytes(matched.to_bytes())
+    assert back.token_layer == "top"
+    tuned = TrainingSet.from_bytes(training_set(token_states([2]), ["b"], ["y"]).to_bytes())
+    assert tuned.token_layer == "below_top"
+    grown = back.extended(training_set(token_states([4]), ["c"], ["z"], token_layer="top"))
+    assert (len(grown), grown.token_layer) == (2, "top")
+    with pytest.raises(InvalidExamples) as found:
+        back.extended(tuned)
+    assert "a matching head's and kept its examples as the token states that leave" in str(
+        found.value
+    )
+    assert 'send "kind": "matching"' in str(found.value)
+    with pytest.raises(InvalidExamples, match="that enter the top layer, which only a tuned"):
+        tuned.extended(matched)
 
 
 def test_a_hybrid_set_keeps_its_texts_exactly():
