@@ -1,9 +1,10 @@
 """The registry's schema as SQLAlchemy Core tables; Alembic migrations in ``migrations/`` create it.
 
-Heads are addressed by (tenant, name); every version is an immutable row with its own id, which is
-what per-process caches key on, so a deleted or superseded version can never be served from a
-cache. A head row outlives its versions (a tombstone that keeps ``next_version``), so a version
-number is never reused for another model.
+Heads are addressed by (tenant, name); every version is an immutable row with its own id, never
+reused (AUTOINCREMENT on SQLite, a sequence on PostgreSQL), which is what per-process caches key
+on, so a deleted or superseded version can never be served from a cache. A head row outlives its
+versions (a tombstone that keeps ``next_version``), so a version number is never reused for
+another model.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ head_versions = Table(
     Column("train_ms", Float, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("head_id", "version", name="uq_head_versions_head_version"),
+    # Ids are what caches key on: SQLite must never hand a deleted version's id out again.
+    sqlite_autoincrement=True,
 )
 
 aliases = Table(

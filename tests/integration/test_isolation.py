@@ -133,3 +133,28 @@ def test_routes_without_a_head_see_only_the_caller(world, route, body):
     assert response.status_code == 200
     assert "alice-only" not in response.text
     assert registry_snapshot(home) == before
+
+
+def test_a_deleted_head_cached_by_one_tenant_never_answers_for_another(world):
+    """The head cache keys on version ids: a new version must never get a deleted one's id."""
+    client, _home, as_tenant = world
+    secret = [
+        {"text": "secret alpha plan", "label": "ALICE_SECRET_1"},
+        {"text": "secret beta plan", "label": "ALICE_SECRET_2"},
+    ]
+    body = {"head": "cached-secret", "examples": secret}
+    assert client.post("/v1/heads/train", json=body, headers=as_tenant("alice")).status_code == 200
+    asked = {"head": "cached-secret", "inputs": ["secret"]}
+    assert client.post("/v1/predict", json=asked, headers=as_tenant("alice")).status_code == 200
+    gone = client.post(
+        "/v1/heads/delete", json={"head": "cached-secret"}, headers=as_tenant("alice")
+    )
+    assert gone.status_code == 200
+    mine = {"head": "bobs-own", "examples": EXAMPLES}
+    assert client.post("/v1/heads/train", json=mine, headers=as_tenant("bob")).status_code == 200
+    answered = client.post(
+        "/v1/predict", json={"head": "bobs-own", "inputs": ["I love it"]}, headers=as_tenant("bob")
+    )
+    assert answered.status_code == 200
+    assert answered.json()["predictions"][0]["label"] == "pos"
+    assert {t["label"] for t in answered.json()["predictions"][0]["top"]} == {"pos", "neg"}

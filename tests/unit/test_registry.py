@@ -206,3 +206,49 @@ def test_schema_upgrade_is_idempotent_and_matches_the_tables(database_url):
             inspect(conn).get_table_names()
         )
     engine.dispose()
+
+
+def registered_id(registry: Registry, tenant: str, head: str, tag: str) -> int:
+    register(registry, tenant, head, tag)
+    return registry.resolve(tenant, head, None).id
+
+
+def test_a_deleted_versions_id_is_never_given_to_another_version(registry):
+    """Caches key on version ids: reusing the newest deleted one served its weights for the
+    next version trained, another tenant's included (SQLite without AUTOINCREMENT did)."""
+    kept = registered_id(registry, "alice", "kept", "k")
+    deleted = registered_id(registry, "alice", "secret", "s")
+    assert deleted > kept  # the newest row, whose id SQLite would hand out again
+    registry.delete("alice", "secret", None)
+    new = registered_id(registry, "bob", "mine", "b")
+    assert new > deleted
+    assert registry.load_weights(new) == ('{"kind":"linear","tag":"b"}', b"weights-b")
+
+
+def test_upgrading_an_sqlite_registry_keeps_its_versions_and_stops_reusing_ids(tmp_path):
+    """A registry made at the schema before ids were kept apart (revision 0003) upgrades in
+    place: the same rows under the same ids, and then ids that only grow."""
+    from alembic import command
+    from alembic.config import Config
+
+    from service.database import MIGRATIONS, writer
+
+    engine = create_registry_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with writer(engine).begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0003")
+    registry = Registry(engine)
+    kept = registered_id(registry, "acme", "kept", "k")
+    gone = registered_id(registry, "acme", "gone", "g")
+    registry.delete("acme", "gone", None)
+    again = registered_id(registry, "acme", "again", "x")
+    assert again == gone  # the old schema's fault, reproduced
+    upgrade_schema(engine)
+    assert registry.load_weights(kept) == ('{"kind":"linear","tag":"k"}', b"weights-k")
+    assert registry.load_weights(again) == ('{"kind":"linear","tag":"x"}', b"weights-x")
+    assert registry.resolve("acme", "again", None).version == 1
+    registry.delete("acme", "again", None)
+    assert registered_id(registry, "acme", "later", "l") > again
+    engine.dispose()
