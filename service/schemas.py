@@ -9,6 +9,7 @@ that depend on configuration (inputs per call, characters per text, ...) are che
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -36,9 +37,15 @@ HeadKind = Literal[
 ]
 
 
+#: Unicode categories that show nothing: format characters (zero-width joiners and spaces,
+#: direction marks) and controls. A text of only these and whitespace reaches the backbone as no
+#: words at all, and every such text then looks alike to a head.
+_INVISIBLE = frozenset({"Cf", "Cc"})
+
+
 def _usable_text(value: str) -> str:
-    if not value.strip():
-        raise ValueError("text must not be empty or whitespace only")
+    if all(c.isspace() or unicodedata.category(c) in _INVISIBLE for c in value):
+        raise ValueError("text must not be empty, or only whitespace and invisible characters")
     return value
 
 

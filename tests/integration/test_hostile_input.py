@@ -92,7 +92,6 @@ TEXTS = {
     "zero_width": "card\u200b\u200carrived\u200d👩\u200d👩\u200d👧",
     "nul": "card\u0000arrived",
     "controls": "\u0007\u001b[31mred\u001b[0m \u0008\u007f",
-    "only_controls": "\u0000\u0001\u0002",
     "bidi_override": "\u202eevil\u202c card",
     "astral": "𝔠𝔞𝔯𝔡 𓀀",
     "long_word": "x" * 5000,
@@ -114,6 +113,28 @@ def test_every_kind_of_unicode_is_served(app, name):
     assert f"odd-{name}" in trained.json()["labels"]
     classified = client.post("/v1/classify", json={"examples": examples, "inputs": [text]})
     assert classified.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "text", ["\u0000\u0001\u0002", "\u200b\u200c\u200d", " \ufeff\u202e\t", "\u2060"]
+)
+def test_texts_of_only_invisible_characters_are_refused_like_blank_ones(app, text):
+    """The backbone would see no words in them, and every such text would look alike."""
+    client, home = app
+    before = registry_snapshot(home)
+    for route, body, field in (
+        ("/v1/predict", {"head": "target", "inputs": ["card", text]}, "inputs.1"),
+        ("/v1/embed", {"inputs": [text]}, "inputs.0"),
+        (
+            "/v1/heads/train",
+            {"head": "t", "examples": [*EXAMPLES, {"text": text, "label": "x"}]},
+            f"examples.{len(EXAMPLES)}.text",
+        ),
+    ):
+        error = assert_clean_refusal(client.post(route, json=body), 400)
+        assert (error["code"], error["field"]) == ("invalid_request", field)
+        assert "only whitespace and invisible characters" in error["message"]
+    assert registry_snapshot(home) == before
 
 
 @pytest.mark.parametrize(

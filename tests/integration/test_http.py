@@ -229,6 +229,12 @@ BAD_TRAIN = [
         "invalid_request",
         "examples.0.text",
     ),
+    (  # zero-width space, joiner and a direction mark: the backbone would see no words
+        {"head": "x", "examples": [*SENTIMENT, {"text": "\u200b\u200d \u202e", "label": "a"}]},
+        400,
+        "invalid_request",
+        f"examples.{len(SENTIMENT)}.text",
+    ),
     (
         {"head": "x", "examples": [{"text": 7, "label": "a"}]},
         400,
@@ -269,6 +275,7 @@ BAD_PREDICT = [
     ({"head": "sentiment", "inputs": []}, 400, "invalid_request", "inputs"),
     ({"head": "sentiment", "inputs": [""]}, 400, "invalid_request", "inputs.0"),
     ({"head": "sentiment", "inputs": ["ok", 3]}, 400, "invalid_request", "inputs.1"),
+    ({"head": "sentiment", "inputs": ["ok", "\ufeff\u200c"]}, 400, "invalid_request", "inputs.1"),
     ({"head": "sentiment", "inputs": "not a list"}, 400, "invalid_request", "inputs"),
     ({"head": "sentiment", "inputs": ["ok"], "top_k": 0}, 400, "invalid_request", "top_k"),
     ({"head": "sentiment", "inputs": ["ok"], "top_k": "3"}, 400, "invalid_request", "top_k"),
