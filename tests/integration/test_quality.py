@@ -74,6 +74,17 @@ def predict(client, head: str, data: list[Labelled], **options) -> list[dict]:
     return response.json()["predictions"]
 
 
+def stored(home, head: str, version: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """A version's config and tensors, read straight from the registry's SQLite file."""
+    with sqlite3.connect(home / "graft.db") as db:
+        (config, weights) = db.execute(
+            "SELECT v.config, v.weights FROM head_versions v JOIN heads h ON v.head_id = h.id "
+            "WHERE h.name = ? AND v.version = ?",
+            (head, version),
+        ).fetchone()
+    return json.loads(config), safetensors.numpy.load(weights)
+
+
 def accuracy(predictions: list[dict], data: list[Labelled]) -> float:
     return sum(p["label"] == row.label for p, row in zip(predictions, data, strict=True)) / len(
         data
@@ -129,17 +140,11 @@ def test_tuned_head_keeps_its_own_copy_of_the_top_layer(app):
     client, home = app
     trained = train(client, "own-top", "tuned")
     assert trained["report"]["params"]["epochs"] == 4
-    with sqlite3.connect(home / "graft.db") as db:
-        (config, weights) = db.execute(
-            "SELECT v.config, v.weights FROM head_versions v JOIN heads h ON v.head_id = h.id "
-            "WHERE h.name = 'own-top' AND v.version = ?",
-            (trained["version"],),
-        ).fetchone()
-    tensors = safetensors.numpy.load(weights)
+    config, tensors = stored(home, "own-top", trained["version"])
     # One BERT layer of MiniLM (384 wide, 1536 feed-forward) plus a 6-label classifier.
     assert tensors["layer.linear1.weight"].shape == (1536, 384)
     assert tensors["coef"].shape == (6, 384)
-    assert json.loads(config)["layer"]["nhead"] == 12
+    assert config["layer"]["nhead"] == 12
     pretrained = text_top_layer(text_model_dir(DEFAULT_TEXT_BACKBONE))
     assert pretrained is not None
     moved = np.abs(tensors["layer.linear1.weight"] - pretrained.weights["linear1.weight"]).max()
@@ -194,12 +199,7 @@ def test_hybrid_head_learns_the_words_and_grows_from_its_own_kind_only(app):
         json={"head": "hybrid-grows", "examples": examples(first), "kind": "hybrid"},
     )
     assert trained.status_code == 200, trained.text
-    with sqlite3.connect(home / "graft.db") as db:
-        (weights,) = db.execute(
-            "SELECT v.weights FROM head_versions v JOIN heads h ON v.head_id = h.id "
-            "WHERE h.name = 'hybrid-grows' AND v.version = 1"
-        ).fetchone()
-    tensors = safetensors.numpy.load(weights)
+    _config, tensors = stored(home, "hybrid-grows", 1)
     assert tensors["ngram_coef"].shape == (3, 4096)  # 3 labels x the n-grams' hash buckets
     assert (tensors["idf"] > 1).sum() > 500  # weights learnt from the examples' own n-grams
     grown = client.post(
@@ -263,17 +263,12 @@ def test_matching_head_beats_linear_on_close_intents_and_stores_its_tokens(app):
     assert scored["linear"] < 0.89
     assert scored["matching"] >= 0.885
     assert scored["matching"] > scored["linear"] + 0.005
-    with sqlite3.connect(home / "graft.db") as db:
-        (config, weights) = db.execute(
-            "SELECT v.config, v.weights FROM head_versions v JOIN heads h ON v.head_id = h.id "
-            "WHERE h.name = 'cards-matching' AND v.version = 1"
-        ).fetchone()
-    tensors = safetensors.numpy.load(weights)
+    config, tensors = stored(home, "cards-matching", 1)
     tokeniser = AutoTokenizer.from_pretrained(text_model_dir(DEFAULT_TEXT_BACKBONE))
     # Every example's tokens but [CLS] and [SEP], 384 wide, label after label.
     content = sum(len(tokeniser(row.text)["input_ids"]) - 2 for row in taught)
     assert tensors["bank"].shape == (content, 384)
-    assert sum(json.loads(config)["bank_tokens_per_label"]) == content
+    assert sum(config["bank_tokens_per_label"]) == content
     assert set(tensors) == {"bank", "coef", "intercept"}  # no layer of its own
 
 
