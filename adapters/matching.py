@@ -10,7 +10,8 @@ head's on the sentence features (mean and max pooled), as a hybrid head adds its
 It reads :class:`TokenStates` of the backbone's output, which the shared pass computes anyway
 (``token_layer = "top"``). On banking77 at 10 shots it is about 1.4 points more accurate than a
 hybrid head (bench/RESULTS-quality.md). Its size grows with its examples: 768 bytes per token
-(float16), about 8 MB for 770 short sentences.
+stored (float16), about 8 MB for 770 short sentences, and twice that in memory (float32, so
+that a predict does not convert the bank each time).
 """
 
 from __future__ import annotations
@@ -50,11 +51,12 @@ def content_tokens(tokens: np.ndarray) -> np.ndarray:
     return _unit(inner.astype(np.float32))
 
 
-def max_sim(queries: Sequence[np.ndarray], bank: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+def max_sim(
+    queries: Sequence[np.ndarray], columns: np.ndarray, counts: Sequence[int]
+) -> np.ndarray:
     """Per query and label, the mean over the query's content tokens of their best cosine with
-    any token of that label's examples. ``bank`` holds the labels' tokens label after label,
-    ``counts[i]`` of them for label ``i`` (every count at least 1)."""
-    bank32 = np.ascontiguousarray(bank.T, dtype=np.float32)
+    any token of that label's examples. ``columns`` (dim x tokens, float32) holds the labels'
+    tokens label after label, ``counts[i]`` of them for label ``i`` (every count at least 1)."""
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
     scores = np.zeros((len(queries), len(counts)), dtype=np.float32)
     start = 0
@@ -65,7 +67,7 @@ def max_sim(queries: Sequence[np.ndarray], bank: np.ndarray, counts: Sequence[in
             tokens += len(queries[stop])
             stop += 1
         part = [content_tokens(q) for q in queries[start:stop]]
-        best = np.maximum.reduceat(np.vstack(part) @ bank32, starts, axis=1)
+        best = np.maximum.reduceat(np.vstack(part) @ columns, starts, axis=1)
         sizes = np.asarray([len(p) for p in part])
         firsts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
         scores[start:stop] = np.add.reduceat(best, firsts, axis=0) / sizes[:, None]
@@ -110,7 +112,7 @@ class MatchingHead(Head):
         by_label = np.argsort([index[label] for label in labels], kind="stable")
         tokens = [content_tokens(outputs[i]) for i in by_label]
         self.sentence_ = sentence
-        self.bank_ = np.vstack(tokens).astype(np.float16)
+        self.bank_columns_ = _columns(np.vstack(tokens).astype(np.float16))
         owners = np.asarray([index[labels[i]] for i in by_label])
         sizes = [len(t) for t in tokens]
         self.bank_counts_ = np.bincount(owners, weights=sizes, minlength=len(index)).astype(int)
@@ -130,7 +132,7 @@ class MatchingHead(Head):
 
     def _proba(self, X: list[np.ndarray]) -> np.ndarray:
         sentence = self.sentence_.logits(pooled(X, self.max_weight))
-        matched = max_sim(X, self.bank_, self.bank_counts_.tolist())
+        matched = max_sim(X, self.bank_columns_, self.bank_counts_.tolist())
         logits = log_softmax(sentence, axis=1) + self.match_weight * log_softmax(
             matched / self.match_temperature, axis=1
         )
@@ -153,7 +155,7 @@ class MatchingHead(Head):
         tensors = {
             "coef": self.sentence_.coef_,
             "intercept": self.sentence_.intercept_,
-            "bank": self.bank_,
+            "bank": self.bank_columns_.T.astype(np.float16),
         }
         return HeadState(config, tensors)
 
@@ -180,8 +182,14 @@ class MatchingHead(Head):
             max_iter=head.max_iter,
             tol=head.tol,
         )
-        head.bank_ = tensors["bank"].astype(np.float16)
+        head.bank_columns_ = _columns(tensors["bank"])
         head.bank_counts_ = counts
         head.classes_ = classes
         head.n_features_in_ = width
         return head
+
+
+def _columns(bank: np.ndarray) -> np.ndarray:
+    """The stored float16 bank (tokens x dim) as float32 columns, once: converting 10,000 rows
+    took 10 ms, against 1 ms for the product with a one-text query."""
+    return np.ascontiguousarray(bank.astype(np.float32).T)

@@ -28,7 +28,7 @@ def test_max_sim_is_each_query_tokens_best_match_per_label_averaged():
     bank = content_tokens(rng.normal(size=(9, WIDTH)).astype(np.float32))  # 7 rows: [1:-1]
     counts = [3, 1, 3]
     queries = [rng.normal(size=(n, WIDTH)).astype(np.float32) for n in (2, 5, 7, 3)]
-    got = max_sim(queries, bank, counts)
+    got = max_sim(queries, bank.T.copy(), counts)
     owners = np.repeat([0, 1, 2], counts)
     for query, row in zip(queries, got, strict=True):
         tokens = content_tokens(query)
@@ -41,7 +41,7 @@ def test_a_query_made_of_one_labels_tokens_matches_that_label_perfectly():
     rng = np.random.default_rng(1)
     bank = content_tokens(rng.normal(size=(8, WIDTH)).astype(np.float32))
     query = np.vstack([np.zeros((1, WIDTH)), bank[4:6], np.zeros((1, WIDTH))])  # [CLS] x x [SEP]
-    scores = max_sim([query.astype(np.float32)], bank, [4, 2])[0]
+    scores = max_sim([query.astype(np.float32)], bank.T.copy(), [4, 2])[0]
     assert scores[1] == pytest.approx(1.0)
     assert scores[0] < 0.99
 
