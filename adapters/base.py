@@ -158,6 +158,11 @@ class Head(ABC):
             config["abstain_threshold"] = float(self.abstain_threshold_)
         return HeadState(config, state.tensors)
 
+    def resident_bytes(self, stored_bytes: int) -> int:
+        """The memory this head holds once loaded from a state of ``stored_bytes`` tensor bytes:
+        what a cache of fitted heads counts. The same, unless a kind widens what it stores."""
+        return stored_bytes
+
     @classmethod
     def from_state(cls, state: HeadState) -> Self:
         cls._check_state_kind(state)

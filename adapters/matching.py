@@ -138,6 +138,10 @@ class MatchingHead(Head):
         )
         return np.asarray(softmax(logits, axis=1), dtype=np.float32)
 
+    def resident_bytes(self, stored_bytes: int) -> int:
+        # The bank is stored as float16 and held as float32: two more bytes per value.
+        return stored_bytes + 2 * self.bank_columns_.size
+
     def _state(self) -> HeadState:
         config: dict[str, Any] = {
             "kind": self.kind,

@@ -584,7 +584,8 @@ class HeadService:
         config_json, weights = await self._read(self.registry.load_weights, ref.id)
         state = HeadState.from_serialized(config_json, weights)
         fitted = head_from_state(state)
-        self.cache.put(ref.id, fitted, state.nbytes)
+        self.cache.put(ref.id, fitted, fitted.resident_bytes(state.nbytes))
+        metrics.HEAD_CACHE_BYTES.set(self.cache.nbytes)
         metrics.HEAD_LOAD_SECONDS.observe(time.perf_counter() - started)
         return fitted
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -67,6 +67,12 @@ HEAD_CACHE_HITS = Counter(
 )
 HEAD_CACHE_MISSES = Counter(
     "graft_head_cache_misses_total", "Head lookups that loaded from the registry."
+)
+# "livesum": the bytes of every live worker's cache, added up; a stopped worker's drop out.
+HEAD_CACHE_BYTES = Gauge(
+    "graft_head_cache_bytes",
+    "Memory held by the head caches of the live workers (each bounded by GRAFT_HEAD_CACHE_BYTES).",
+    multiprocess_mode="livesum",
 )
 HEAD_LOAD_SECONDS = Histogram(
     "graft_head_load_seconds",

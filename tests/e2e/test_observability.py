@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from adapters import HeadState, head_from_state
 from bench.server import GRAFT, Server
 
 ADMIN_KEY = "admin-secret-for-the-observability-test"
@@ -27,6 +29,7 @@ SENTIMENT = [
     {"text": "Observability: worst support ever", "label": "negative"},
 ]
 ACME_CALLS, GLOBEX_CALLS = 24, 8
+KINDS = {"acme": "linear", "globex": "matching"}
 ACME_INPUTS = ["a secret sentence about sunshine", "another secret sentence about rain"]
 GLOBEX_INPUTS = ["globex keeps this sentence to itself"]
 
@@ -60,7 +63,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def traffic(server: Server) -> dict[str, str]:
-    """Known requests: two keys, two trainings, 24 + 8 predictions and one failed one."""
+    """Known requests: two keys, two trainings (a linear and a matching head), 24 + 8
+    predictions and one failed one."""
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     keys = {}
     for tenant in ("acme", "globex"):
@@ -70,7 +74,8 @@ def traffic(server: Server) -> dict[str, str]:
     for tenant in ("acme", "globex"):
         trained = server.post(
             "/v1/heads/train",
-            {"head": "mood", "examples": SENTIMENT},
+            # globex's head matches tokens: it holds its bank as float32, twice what it stores.
+            {"head": "mood", "examples": SENTIMENT, "kind": KINDS[tenant]},
             headers={"Authorization": f"Bearer {keys[tenant]}"},
         )
         assert trained.status_code == 200, trained.text
@@ -103,6 +108,20 @@ def traffic(server: Server) -> dict[str, str]:
     return {**keys, "rounds": str(rounds)}
 
 
+def head_bytes(home: Path) -> dict[str, int]:
+    """Per tenant, the bytes its one head holds once loaded, from the registry's SQLite file."""
+    with sqlite3.connect(home / "graft.db") as db:
+        rows = db.execute(
+            "SELECT h.tenant, v.config, v.weights FROM head_versions v "
+            "JOIN heads h ON v.head_id = h.id"
+        ).fetchall()
+    found = {}
+    for tenant, config, weights in rows:
+        state = HeadState.from_serialized(config, weights)
+        found[tenant] = head_from_state(state).resident_bytes(state.nbytes)
+    return found
+
+
 def predict_workers(server: Server) -> set[int]:
     return {r["pid"] for r in server.access_log() if r["route"] == "/v1/predict"}
 
@@ -116,7 +135,8 @@ def test_metrics_sum_over_both_workers(server, traffic):
     assert value(found, "graft_predictions_total", outcome="client_error") == 1
     inputs = (ACME_CALLS * len(ACME_INPUTS) + GLOBEX_CALLS * len(GLOBEX_INPUTS)) * rounds
     assert value(found, "graft_predicted_inputs_total") == inputs
-    assert value(found, "graft_trainings_total", kind="linear", outcome="ok") == 2
+    assert value(found, "graft_trainings_total", kind="linear", outcome="ok") == 1
+    assert value(found, "graft_trainings_total", kind="matching", outcome="ok") == 1
     assert value(found, "graft_training_seconds_count") == 2
     assert value(found, "graft_training_examples_count") == 2
     assert value(found, "graft_training_examples_sum") == 2 * len(SENTIMENT)
@@ -132,6 +152,15 @@ def test_metrics_sum_over_both_workers(server, traffic):
     assert hits + misses == ok
     assert 2 <= misses <= 4  # each of two heads loads once per worker at most
     assert value(found, "graft_head_load_seconds_count") == misses
+    # Each worker holds each head it answered for once; the gauge adds up the live workers.
+    answered = {
+        (r["pid"], r["tenant"])
+        for r in server.access_log()
+        if r["route"] == "/v1/predict" and r["status"] == 200
+    }
+    assert len(answered) == misses
+    held = head_bytes(server.home)
+    assert value(found, "graft_head_cache_bytes") == sum(held[tenant] for _, tenant in answered)
 
     assert value(found, "graft_heads_registered") == 2  # counted in the registry at scrape
     assert value(found, "graft_jobs_active", status="running") == 0

@@ -20,6 +20,7 @@ from adapters import (
 from adapters.base import tempered
 from adapters.matching import content_tokens, max_sim
 from adapters.training import fit_head
+from service.cache import HeadCache
 from tests.unit.test_tuned import WIDTH, two_topics
 
 
@@ -99,3 +100,18 @@ def test_matching_heads_read_token_states_with_their_top_layer():
         fit_head("matching", np.zeros((12, WIDTH), np.float32), labels, list(range(12)))
     with pytest.raises(TrainingDataError, match="expects 8-wide token states, got 3"):
         MatchingHead().fit(states, labels).predict_proba(TokenStates.from_rows([np.ones((2, 3))]))
+
+
+def test_a_matching_head_counts_its_float32_bank_as_the_memory_it_holds():
+    states, labels = two_topics(40)
+    stored = MatchingHead().fit(states, labels).to_state()
+    head = head_from_state(HeadState.from_serialized(stored.config_json(), stored.tensor_bytes()))
+    held = head.sentence_.coef_.nbytes + head.sentence_.intercept_.nbytes
+    held += head.bank_columns_.nbytes  # float32: twice the stored float16 bank
+    held += len(stored.config_json())  # as a state's size counts it
+    assert head.resident_bytes(stored.nbytes) == held
+    assert held == stored.nbytes + stored.tensors["bank"].nbytes
+    # A cache whose budget fits the stored tensors but not the loaded head does not keep it.
+    cache = HeadCache(max_bytes=held - 1)
+    cache.put(1, head, head.resident_bytes(stored.nbytes))
+    assert cache.get(1) is None
