@@ -349,8 +349,10 @@ def heads_delete(
     as_json: Json = False,
 ) -> None:
     """Delete one version of a head, or the whole head."""
-    if version is None and not yes:
-        typer.confirm(f"Delete every version of head {name!r}?", abort=True, err=True)
+    if not yes:
+        # One version can be the head's last, and deleting it deletes the head: ask either way.
+        what = "every version" if version is None else f"version {version}"
+        typer.confirm(f"Delete {what} of head {name!r}?", abort=True, err=True)
     with _session(url, key, tenant) as client:
         deleted = client.delete_head(name, version)
     if as_json:

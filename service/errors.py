@@ -18,7 +18,8 @@ Every error a caller can cause answers ``{"error": {"code", "message", "field"?,
     │   ├── VersionNotFound        404  version_not_found
     │   ├── AliasNotFound          404  alias_not_found
     │   ├── KeyNotFound            404  key_not_found
-    │   └── JobNotFound            404  job_not_found
+    │   ├── JobNotFound            404  job_not_found
+    │   └── RouteNotFound          404  route_not_found     (a /v1 path that is no route)
     ├── MethodNotAllowed           405  method_not_allowed
     ├── Conflict                   409
     │   ├── BackboneMismatch       409  backbone_mismatch
@@ -127,6 +128,10 @@ class KeyNotFound(NotFound):
 
 class JobNotFound(NotFound):
     code = "job_not_found"
+
+
+class RouteNotFound(NotFound):
+    code = "route_not_found"
 
 
 class MethodNotAllowed(GraftError):

@@ -43,6 +43,7 @@ from service.errors import (
     InvalidJSON,
     MethodNotAllowed,
     PayloadTooLarge,
+    RouteNotFound,
     UnknownKind,
     UnsupportedMediaType,
 )
@@ -53,6 +54,17 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _JSON_TYPES = {"application/json", ""}
 #: With GRAFT_LOG_PAYLOADS on, this much of each request body goes into its access-log line.
 LOGGED_BODY_CHARS = 4000
+TRAIN_ROUTES = ("/v1/heads/train", "/v1/jobs/train")
+
+
+def _count_refusal(route: str, exc: GraftError) -> None:
+    """A predict or train call refused here (its key, size, media type or fields) never reaches
+    the handler that counts its kind of call, so it is counted as one here."""
+    outcome = "client_error" if exc.status < 500 else "server_error"
+    if route == "/v1/predict":
+        metrics.PREDICTIONS.labels(outcome).inc()
+    elif route in TRAIN_ROUTES:
+        metrics.TRAININGS.labels(metrics.KIND_NOT_READ, outcome).inc()
 
 
 class Gateway:
@@ -64,8 +76,14 @@ class Gateway:
         if scope["type"] == "lifespan":
             await self.app(scope, receive, self._bind_on_startup(send))
             return
-        model = REQUEST_MODELS.get(scope.get("path", "")) if scope["type"] == "http" else None
+        path = scope.get("path", "")
+        model = REQUEST_MODELS.get(path) if scope["type"] == "http" else None
         if model is None:
+            if scope["type"] == "http" and path.startswith("/v1/"):
+                # Neither logged nor counted: a scan of made-up paths must not grow the series.
+                refused = RouteNotFound(f"{path} is not a Graft route", field="path")
+                await error_response(refused)(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -86,6 +104,7 @@ class Gateway:
             body = await self._admit(scope, receive, headers, model, record)
         except GraftError as exc:
             record["error"] = exc.code
+            _count_refusal(scope["path"], exc)
             await error_response(exc)(scope, receive, send_with_id)
         else:
             await self.app(scope, _replay(body, receive), send_with_id)

@@ -29,9 +29,10 @@ PREDICTED_INPUTS = Counter("graft_predicted_inputs_total", "Inputs classified by
 TRAININGS = Counter(
     "graft_trainings_total",
     "Trainings (train calls and training jobs) by head kind and outcome (ok, client_error, "
-    "server_error, cancelled).",
+    "server_error, cancelled); kind 'unknown' for calls refused before their body was read.",
     ["kind", "outcome"],
 )
+KIND_NOT_READ = "unknown"
 JOBS = Counter(
     "graft_jobs_total",
     "Training jobs run by this server, by final status (succeeded, failed, cancelled).",

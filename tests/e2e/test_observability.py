@@ -223,3 +223,30 @@ def test_the_cli_drives_the_real_server(server, traffic, tmp_path: Path):
     refused = graft("heads", "list", "--key", "gk_000000000000_" + "x" * 43)
     assert refused.returncode == 1 and "401 unauthenticated" in refused.stderr
     assert text not in server.log_path.read_text()
+
+
+def test_calls_refused_before_their_handler_are_counted_too(server, traffic):
+    acme = {"Authorization": f"Bearer {traffic['acme']}"}
+    before = samples(server)
+    refused = [
+        server.post("/v1/predict", {"head": "mood", "inputs": ["hi"], "top_k": 0}, headers=acme),
+        server.post("/v1/predict", {"head": "mood", "inputs": ["hi"]}),  # no key
+        server.post("/v1/heads/train", {"head": "no spaces", "examples": SENTIMENT}, headers=acme),
+    ]
+    assert [r.status_code for r in refused] == [400, 401, 400]
+    after = samples(server)
+
+    def added(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert added("graft_predictions_total", outcome="client_error") == 2
+    assert added("graft_trainings_total", kind="unknown", outcome="client_error") == 1
+
+    unknown = server.post("/v1/heads/tarin", {"head": "mood"}, headers=acme)
+    assert unknown.status_code == 404
+    assert unknown.json()["error"] == {
+        "code": "route_not_found",
+        "message": "/v1/heads/tarin is not a Graft route",
+        "field": "path",
+    }
+    assert "/v1/heads/tarin" not in {dict(labels).get("route") for _, labels in samples(server)}

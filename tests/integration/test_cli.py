@@ -42,8 +42,8 @@ def made(http, monkeypatch) -> list[dict[str, Any]]:
     return calls
 
 
-def graft(*args: str, env: dict[str, str] | None = None) -> Any:
-    result = CliRunner().invoke(app, list(args), env=env)
+def graft(*args: str, env: dict[str, str] | None = None, input: str | None = None) -> Any:
+    result = CliRunner().invoke(app, list(args), env=env, input=input)
     return result
 
 
@@ -88,6 +88,11 @@ def test_train_predict_show_and_delete(made, tmp_path):
     shown = graft("heads", "show", "mood", "--tenant", "cli")
     assert shown.exit_code == 0 and "labels of version 1: negative, positive" in shown.stdout
 
+    for only in ([], ["--version", "1"]):  # its only version: deleting it deletes the head
+        kept = graft("heads", "delete", "mood", *only, "--tenant", "cli", input="n\n")
+        assert kept.exit_code == 1 and "Aborted" in kept.output
+    assert "Delete version 1 of head 'mood'?" in kept.stderr
+    assert graft("heads", "show", "mood", "--tenant", "cli").exit_code == 0
     deleted = graft("heads", "delete", "mood", "--yes", "--json", "--tenant", "cli")
     assert json.loads(deleted.stdout) == {"head": "mood", "deleted_versions": [1]}
     gone = graft("heads", "show", "mood", "--tenant", "cli")
