@@ -162,14 +162,18 @@ def fit_temperature(result: CVResult, y: np.ndarray) -> float:
 @dataclass(frozen=True)
 class AbstainCalibration:
     threshold: float
-    #: Estimated share of queries about labels the head never saw that it would refuse.
-    out_of_scope_rejected: float
+    #: Estimated share of queries about labels the head never saw that it would refuse; None
+    #: with fewer than 3 labels, where holding one out would leave one label to train on.
+    out_of_scope_rejected: float | None
     #: Estimated share of in-scope queries it would refuse (right or wrong answers).
     in_scope_rejected: float
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | None]:
         # The threshold to 6 places: a few-shot head's can be 0.99997, which 4 would show as 1.
-        return {k: round(v, 6 if k == "threshold" else 4) for k, v in self.__dict__.items()}
+        return {
+            k: None if v is None else round(v, 6 if k == "threshold" else 4)
+            for k, v in self.__dict__.items()
+        }
 
 
 def calibrate_abstention(
@@ -199,7 +203,7 @@ def calibrate_abstention(
     unseen = _unseen_label_confidences(make, X, y, temperature, scored, on_round)
     return AbstainCalibration(
         threshold=threshold,
-        out_of_scope_rejected=float(np.mean(unseen < threshold)) if len(unseen) else 0.0,
+        out_of_scope_rejected=float(np.mean(unseen < threshold)) if len(unseen) else None,
         in_scope_rejected=float(np.mean(confidence < threshold)),
     )
 

@@ -90,7 +90,7 @@ class TrainingReport:
     cv_accuracy: float | None
     cv_macro_f1: float | None
     temperature: float
-    abstain: dict[str, float] | None
+    abstain: dict[str, float | None] | None
     fit_ms: float
     #: Rows taught but never scored (label descriptions): not in ``examples_per_label``.
     label_descriptions: int = 0
@@ -232,9 +232,20 @@ def _fit_head(
         fit_ms=round((time.perf_counter() - started) * 1000, 1),
         label_descriptions=len(y) - len(scored),
         candidates=[r.summary() for r in candidates] if len(candidates) > 1 else [],
-        warnings=data_warnings([inputs[i] for i in scored], y[scored].tolist()),
+        warnings=data_warnings([inputs[i] for i in scored], y[scored].tolist())
+        + _abstain_warnings(calibration),
     )
     return head, report
+
+
+def _abstain_warnings(calibration: dict[str, float | None] | None) -> list[str]:
+    if calibration is None or calibration.get("out_of_scope_rejected", 0.0) is not None:
+        return []
+    return [
+        '"abstain": "auto" holds no label out to stand for unseen intents with fewer than 3 '
+        "labels: its threshold only bounds the refusals of known ones, and how many "
+        "out-of-scope queries it refuses is unknown (measure it with /v1/heads/evaluate)"
+    ]
 
 
 @dataclass

@@ -83,6 +83,26 @@ def test_auto_abstention_refuses_unseen_intents_and_answers_known_ones(features,
     assert np.mean(top[~unseen] < head.abstain_threshold_) <= 0.05
 
 
+def test_auto_abstention_with_two_labels_says_it_has_no_out_of_scope_estimate(features):
+    two = [i for i, label in enumerate(features.train_y) if label in HELD_OUT]
+    head, report = fit_head(
+        "linear",
+        features.train_X[two],
+        [features.train_y[i] for i in two],
+        [features.train_text[i] for i in two],
+        abstain="auto",
+    )
+    assert report.abstain is not None and report.abstain["out_of_scope_rejected"] is None
+    assert report.abstain["threshold"] == round(head.abstain_threshold_, 6)
+    assert report.warnings == [
+        '"abstain": "auto" holds no label out to stand for unseen intents with fewer than 3 '
+        "labels: its threshold only bounds the refusals of known ones, and how many "
+        "out-of-scope queries it refuses is unknown (measure it with /v1/heads/evaluate)"
+    ]
+    _head, three = fit(features, abstain="auto")
+    assert 0 <= three.abstain["out_of_scope_rejected"] <= 1 and three.warnings == []
+
+
 def test_a_threshold_is_stored_with_the_head(features):
     head, report = fit(features, abstain=0.8)
     assert report.abstain == {"threshold": 0.8}
