@@ -159,8 +159,9 @@ class Head(ABC):
         return HeadState(config, state.tensors)
 
     def resident_bytes(self, stored_bytes: int) -> int:
-        """The memory this head holds once loaded from a state of ``stored_bytes`` tensor bytes:
-        what a cache of fitted heads counts. The same, unless a kind widens what it stores."""
+        """The memory this head holds once loaded from a state of ``stored_bytes`` bytes
+        (:attr:`HeadState.nbytes`): what a cache of fitted heads counts. The same, unless a kind
+        holds its tensors wider than it stores them."""
         return stored_bytes
 
     @classmethod

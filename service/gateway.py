@@ -81,7 +81,7 @@ class Gateway:
         if model is None:
             if scope["type"] == "http" and path.startswith("/v1/"):
                 # Neither logged nor counted: a scan of made-up paths must not grow the series.
-                refused = RouteNotFound(f"{path} is not a Graft route", field="path")
+                refused = RouteNotFound(f"{path} is not a Graft route")
                 await error_response(refused)(scope, receive, send)
                 return
             await self.app(scope, receive, send)
