@@ -211,7 +211,7 @@ class Graft:
         """Queue a training job (same body as /v1/heads/train) and answer its id at once."""
         texts = [example.input for example in request.examples]
         labels = [example.target for example in request.examples]
-        await self.heads.check_training(
+        await self.heads.check_training_job(
             texts,
             labels,
             request.kind,

@@ -316,6 +316,26 @@ class HeadService:
             raise TrainingStopped() from exc
         return head, report, data
 
+    async def check_training_job(
+        self,
+        texts: Sequence[InputItem],
+        labels: Sequence[Any],
+        kind: str,
+        abstain: Abstain,
+        *,
+        with_base: bool,
+        descriptions: Mapping[str, str] | None = None,
+    ) -> None:
+        """:meth:`check_training` for a job about to be queued: its refusal is that training's
+        outcome, and is counted as a train call's would be."""
+        try:
+            await self.check_training(
+                texts, labels, kind, abstain, with_base=with_base, descriptions=descriptions
+            )
+        except Exception as exc:
+            metrics.TRAININGS.labels(kind, _outcome(exc)).inc()
+            raise
+
     async def check_training(
         self,
         texts: Sequence[InputItem],

@@ -225,15 +225,18 @@ def test_the_cli_drives_the_real_server(server, traffic, tmp_path: Path):
     assert text not in server.log_path.read_text()
 
 
-def test_calls_refused_before_their_handler_are_counted_too(server, traffic):
+def test_refused_predicts_and_trainings_are_counted_wherever_they_are_refused(server, traffic):
     acme = {"Authorization": f"Bearer {traffic['acme']}"}
     before = samples(server)
     refused = [
         server.post("/v1/predict", {"head": "mood", "inputs": ["hi"], "top_k": 0}, headers=acme),
         server.post("/v1/predict", {"head": "mood", "inputs": ["hi"]}),  # no key
         server.post("/v1/heads/train", {"head": "no spaces", "examples": SENTIMENT}, headers=acme),
+        # Refused at submit, by the handler: one label cannot train a linear head.
+        server.post("/v1/jobs/train", {"head": "mood", "examples": SENTIMENT[:3]}, headers=acme),
     ]
-    assert [r.status_code for r in refused] == [400, 401, 400]
+    assert [r.status_code for r in refused] == [400, 401, 400, 400]
+    assert refused[3].json()["error"]["code"] == "invalid_examples"
     after = samples(server)
 
     def added(name: str, **labels: str) -> float:
@@ -241,6 +244,7 @@ def test_calls_refused_before_their_handler_are_counted_too(server, traffic):
 
     assert added("graft_predictions_total", outcome="client_error") == 2
     assert added("graft_trainings_total", kind="unknown", outcome="client_error") == 1
+    assert added("graft_trainings_total", kind="linear", outcome="client_error") == 1
 
     unknown = server.post("/v1/heads/tarin", {"head": "mood"}, headers=acme)
     assert unknown.status_code == 404
