@@ -12,7 +12,7 @@ import bentoml
 from service.auth import Caller, KeyInfo
 from service.endpoint import endpoint
 from service.gateway import Gateway
-from service.heads import RankedPrediction
+from service.heads import RankedPrediction, counted_as_training
 from service.jobs import JobInfo
 from service.logs import configure_logging
 from service.metrics import registry_exposition
@@ -211,14 +211,15 @@ class Graft:
         """Queue a training job (same body as /v1/heads/train) and answer its id at once."""
         texts = [example.input for example in request.examples]
         labels = [example.target for example in request.examples]
-        await self.heads.check_training_job(
-            texts,
-            labels,
-            request.kind,
-            request.abstain,
-            with_base=request.base_version is not None,
-            descriptions=request.label_descriptions,
-        )
+        with counted_as_training(request.kind):
+            await self.heads.check_training(
+                texts,
+                labels,
+                request.kind,
+                request.abstain,
+                with_base=request.base_version is not None,
+                descriptions=request.label_descriptions,
+            )
 
         async def run(progress: TrainingProgress) -> TrainResponse:
             return await self._train(request, caller, progress)

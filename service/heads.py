@@ -316,26 +316,6 @@ class HeadService:
             raise TrainingStopped() from exc
         return head, report, data
 
-    async def check_training_job(
-        self,
-        texts: Sequence[InputItem],
-        labels: Sequence[Any],
-        kind: str,
-        abstain: Abstain,
-        *,
-        with_base: bool,
-        descriptions: Mapping[str, str] | None = None,
-    ) -> None:
-        """:meth:`check_training` for a job about to be queued: its refusal is that training's
-        outcome, and is counted as a train call's would be."""
-        try:
-            await self.check_training(
-                texts, labels, kind, abstain, with_base=with_base, descriptions=descriptions
-            )
-        except Exception as exc:
-            metrics.TRAININGS.labels(kind, _outcome(exc)).inc()
-            raise
-
     async def check_training(
         self,
         texts: Sequence[InputItem],
@@ -643,6 +623,17 @@ def _check_described(descriptions: Mapping[str, str], labels: Sequence[Any]) -> 
             "adds to a label's examples, it does not replace them",
             field="label_descriptions",
         )
+
+
+@contextmanager
+def counted_as_training(kind: str) -> Iterator[None]:
+    """A refusal raised inside counts as a training of ``kind`` that ended so: for a job's
+    checks at submit, which stand for the training it would have run."""
+    try:
+        yield
+    except Exception as exc:
+        metrics.TRAININGS.labels(kind, _outcome(exc)).inc()
+        raise
 
 
 def _outcome(exc: BaseException) -> str:
