@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import statistics
 import time
@@ -46,6 +45,7 @@ from adapters import HEAD_KINDS, LinearHead, TextFeatures, TokenStates
 from adapters.selection import Features
 from adapters.training import fit_head
 from bench.datasets import Labelled, banking77, few_shot
+from bench.machine import cpu_name
 from service.backbone import (
     TextInputs,
     TextModel,
@@ -414,7 +414,7 @@ def write(
         f"`.venv/bin/python -m bench.quality --draws {args.draws} --setfit-draws "
         f"{args.setfit_draws} --setfit-iterations {args.setfit_iterations} --dtype {args.dtype}` "
         f"(`make bench-quality` runs the defaults), on "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"{cpu_name()}, {os.cpu_count()} cores; "
         f"test split: 3,080 sentences, 77 labels; means over draws.",
         "",
         *rows,

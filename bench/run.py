@@ -38,6 +38,7 @@ import torch
 from adapters import HeadState, LinearHead
 from bench.datasets import banking77
 from bench.load import LoadRequest, RequestFactory, run_load
+from bench.machine import cpu_name
 from bench.peer import write_tenant
 from bench.server import ROOT, Server
 from bench.tenants import register_cold_heads, register_tenant_heads
@@ -365,7 +366,7 @@ def render(
     command: str | None = None,
 ) -> str:
     """The results file: the machine, the command, a table of figures and FIGURE lines."""
-    cpu = _cpu_name()
+    cpu = cpu_name()
     figure_notes = FIGURE_NOTES if figure_notes is None else figure_notes
     if command is None:
         command = (
@@ -396,16 +397,6 @@ def render(
         "```",
     ]
     return "\n".join(lines)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _memory_gb() -> float:
