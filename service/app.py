@@ -15,7 +15,7 @@ from service.gateway import Gateway
 from service.heads import RankedPrediction, counted_as_training
 from service.jobs import JobInfo
 from service.logs import configure_logging
-from service.metrics import registry_exposition
+from service.metrics import forget_dead_workers, registry_exposition
 from service.progress import TrainingProgress
 from service.registry import HeadInfo, VersionInfo
 from service.runtime import Runtime
@@ -69,6 +69,7 @@ class Graft:
     def __init__(self) -> None:
         settings = Settings()
         configure_logging(settings)
+        forget_dead_workers()  # the worker this one replaces, if it was killed
         self.runtime = Runtime.start(settings)
         self.settings = settings
         self.auth = self.runtime.auth

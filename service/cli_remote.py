@@ -336,6 +336,17 @@ def heads_show(
     _emit(found, as_json, render.head)
 
 
+def _confirm(question: str) -> None:
+    """Ask, and stop (exit 1) unless the answer is yes; with stdin closed, stop and say why."""
+    try:
+        typer.confirm(question, abort=True, err=True)
+    except typer.Abort:  # a RuntimeError too: the answer was no
+        raise
+    except RuntimeError:  # input() with stdin closed: "lost sys.stdin"
+        err.print("\nno answer: stdin is closed; give --yes to go ahead without asking")
+        raise typer.Exit(1) from None
+
+
 @heads_app.command("delete")
 def heads_delete(
     name: Annotated[str, typer.Argument(help="The head's name.")],
@@ -352,7 +363,7 @@ def heads_delete(
     if not yes:
         # One version can be the head's last, and deleting it deletes the head: ask either way.
         what = "every version" if version is None else f"version {version}"
-        typer.confirm(f"Delete {what} of head {name!r}?", abort=True, err=True)
+        _confirm(f"Delete {what} of head {name!r}?")
     with _session(url, key, tenant) as client:
         deleted = client.delete_head(name, version)
     if as_json:

@@ -55,6 +55,20 @@ _JSON_TYPES = {"application/json", ""}
 #: With GRAFT_LOG_PAYLOADS on, this much of each request body goes into its access-log line.
 LOGGED_BODY_CHARS = 4000
 TRAIN_ROUTES = ("/v1/heads/train", "/v1/jobs/train")
+#: The route a path that is no route is logged and counted under.
+UNKNOWN_ROUTE = "(unknown)"
+#: How much of a made-up path a route_not_found message repeats.
+SHOWN_PATH_CHARS = 200
+
+
+def _is_api_path(path: str) -> bool:
+    """/v1 and below, however its slashes and case are typed: Graft answers those itself."""
+    folded = re.sub("/+", "/", path).lower()
+    return folded == "/v1" or folded.startswith("/v1/")
+
+
+def _shown(path: str) -> str:
+    return path if len(path) <= SHOWN_PATH_CHARS else path[:SHOWN_PATH_CHARS] + "..."
 
 
 def _count_refusal(route: str, exc: GraftError) -> None:
@@ -77,20 +91,17 @@ class Gateway:
             await self.app(scope, receive, self._bind_on_startup(send))
             return
         path = scope.get("path", "")
-        model = REQUEST_MODELS.get(path) if scope["type"] == "http" else None
-        if model is None:
-            if scope["type"] == "http" and path.startswith("/v1/"):
-                # Neither logged nor counted: a scan of made-up paths must not grow the series.
-                refused = RouteNotFound(f"{path} is not a Graft route")
-                await error_response(refused)(scope, receive, send)
-                return
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or not _is_api_path(path):
+            await self.app(scope, receive, send)  # BentoML's own: /readyz, /metrics, docs
             return
+        model = REQUEST_MODELS.get(path)
         started = time.perf_counter()
         headers = Headers(scope=scope)
         given_id = headers.get("x-request-id", "")
         request_id = given_id if _REQUEST_ID.match(given_id) else uuid.uuid4().hex
-        record: dict[str, Any] = {"request_id": request_id, "route": scope["path"]}
+        # A made-up path is logged and counted as one route, so a scan cannot add series.
+        route = path if model is not None else UNKNOWN_ROUTE
+        record: dict[str, Any] = {"request_id": request_id, "route": route}
         scope[LOG_KEY] = record
 
         async def send_with_id(message: Message) -> None:
@@ -101,10 +112,12 @@ class Gateway:
             await send(message)
 
         try:
+            if model is None:
+                raise RouteNotFound(f"{_shown(path)} is not a Graft route")
             body = await self._admit(scope, receive, headers, model, record)
         except GraftError as exc:
             record["error"] = exc.code
-            _count_refusal(scope["path"], exc)
+            _count_refusal(route, exc)
             await error_response(exc)(scope, receive, send_with_id)
         else:
             await self.app(scope, _replay(body, receive), send_with_id)
@@ -112,7 +125,7 @@ class Gateway:
             record["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
             opted_in = self.graft.settings.metrics_tenants if self.graft is not None else ()
             metrics.REQUESTS.labels(
-                scope["path"],
+                route,
                 str(record.get("status", "none")),
                 metrics.tenant_label(record.get("tenant"), opted_in),
             ).inc()

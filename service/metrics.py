@@ -13,9 +13,18 @@ tenants keeps a bounded number of series.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Iterator, Mapping
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -69,7 +78,7 @@ HEAD_CACHE_HITS = Counter(
 HEAD_CACHE_MISSES = Counter(
     "graft_head_cache_misses_total", "Head lookups that loaded from the registry."
 )
-# "livesum": the bytes of every live worker's cache, added up; a stopped worker's drop out.
+# "livesum": the bytes of every live worker's cache, added up (see forget_dead_workers).
 HEAD_CACHE_BYTES = Gauge(
     "graft_head_cache_bytes",
     "Memory held by the head caches of the live workers (each bounded by GRAFT_HEAD_CACHE_BYTES).",
@@ -86,6 +95,31 @@ REQUESTS = Counter(
     ["route", "status", "tenant"],
 )
 OTHER_TENANTS = "other"
+
+
+def forget_dead_workers() -> None:
+    """Remove the live-gauge files of workers that are gone from the multiprocess directory.
+
+    prometheus_client sums a "livesum" gauge over every process's file until
+    ``mark_process_dead`` removes it, and BentoML never calls that: a worker killed and replaced
+    would go on adding its last cache size. Each worker calls this as it starts."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        pid = path.stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and not _running(int(pid)):
+            multiprocess.mark_process_dead(int(pid), directory)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process, alive
+    return True
 
 
 def tenant_label(tenant: str | None, opted_in: Collection[str]) -> str:

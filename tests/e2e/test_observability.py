@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import time
@@ -246,10 +247,50 @@ def test_refused_predicts_and_trainings_are_counted_wherever_they_are_refused(se
     assert added("graft_trainings_total", kind="unknown", outcome="client_error") == 1
     assert added("graft_trainings_total", kind="linear", outcome="client_error") == 1
 
-    unknown = server.post("/v1/heads/tarin", {"head": "mood"}, headers=acme)
-    assert unknown.status_code == 404
+
+def test_a_path_that_is_no_route_is_a_json_404_counted_as_one_route(server, traffic):
+    before = samples(server)
+    asked = {"X-Request-ID": "typo-1", **{"Authorization": f"Bearer {traffic['acme']}"}}
+    unknown = server.post("/v1/heads/tarin", {"head": "mood"}, headers=asked)
+    assert (unknown.status_code, unknown.headers["x-request-id"]) == (404, "typo-1")
     assert unknown.json()["error"] == {
         "code": "route_not_found",
         "message": "/v1/heads/tarin is not a Graft route",
     }
-    assert "/v1/heads/tarin" not in {dict(labels).get("route") for _, labels in samples(server)}
+    # However the /v1 is typed; a long path is not echoed whole.
+    long = "/v1/" + "x" * 5000
+    for path in ("/v1", "//v1/predict", "/V1/predict", long):
+        answer = server.post(path, {})
+        assert (answer.status_code, answer.json()["error"]["code"]) == (404, "route_not_found")
+    assert len(answer.json()["error"]["message"]) < 300
+    after = samples(server)
+    requests = "graft_requests_total"
+    routes = {dict(labels).get("route") for name, labels in after if name == requests}
+    assert "/v1/heads/tarin" not in routes and long not in routes
+    unknown_404 = {"route": "(unknown)", "status": "404", "tenant": "other"}
+    assert value(after, requests, **unknown_404) - value(before, requests, **unknown_404) == 5
+    (logged,) = [r for r in server.access_log() if r["request_id"] == "typo-1"]
+    assert (logged["route"], logged["status"], logged["error"]) == (
+        "(unknown)",
+        404,
+        "route_not_found",
+    )
+
+
+def test_a_killed_workers_cache_drops_out_of_the_gauge(server, traffic):
+    """Last in this module: it kills a worker, which BentoML replaces with an empty cache."""
+    answered = {
+        (r["pid"], r["tenant"])
+        for r in server.access_log()
+        if r["route"] == "/v1/predict" and r["status"] == 200
+    }
+    held = head_bytes(server.home)
+    victim = min(pid for pid, _ in answered)
+    before = value(samples(server), "graft_head_cache_bytes")
+    assert before == sum(held[tenant] for _, tenant in answered)
+    os.kill(victim, signal.SIGKILL)
+    survivors = sum(held[tenant] for pid, tenant in answered if pid != victim)
+    deadline = time.monotonic() + 180  # until the replacement worker has started
+    while value(samples(server), "graft_head_cache_bytes") != survivors:
+        assert time.monotonic() < deadline, "the killed worker's cache is still counted"
+        time.sleep(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.datasets import banking77, few_shot
+from bench.server import GRAFT
 from service import cli_remote
 from service.cli import app
 from service.client import GraftAPIError, GraftClient
@@ -184,6 +186,19 @@ def test_an_unreachable_server_is_one_line(monkeypatch):
     result = graft("heads", "list", "--url", "http://127.0.0.1:9")
     assert result.exit_code == 1
     assert "cannot reach Graft at http://127.0.0.1:9" in result.stderr
+
+
+def test_a_delete_with_stdin_closed_stops_and_says_to_give_yes():
+    # The real command in a shell that closes its stdin: input() cannot read, nothing is sent.
+    closed = subprocess.run(
+        ["bash", "-c", f'"{GRAFT}" heads delete mood --version 1 --url http://127.0.0.1:9 <&-'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert closed.returncode == 1
+    assert "Traceback" not in closed.stderr and "cannot reach" not in closed.stderr
+    assert "no answer: stdin is closed; give --yes to go ahead without asking" in closed.stderr
 
 
 def test_the_client_raises_typed_errors(http):
