@@ -177,6 +177,10 @@ class HybridHead(Head):
         }
         return HeadState(config, tensors)
 
+    def resident_bytes(self, stored_bytes: int) -> int:
+        # scikit-learn weighs n-grams by a float64 idf; it is stored as float32.
+        return stored_bytes + 4 * self.weighting_.idf_.size
+
     @classmethod
     def _from_state(cls, state: HeadState) -> Self:
         config, tensors = state.config, state.tensors

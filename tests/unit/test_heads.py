@@ -188,6 +188,20 @@ def test_hybrid_refuses_bare_features_and_mismatched_texts(features):
         TextFeatures.of(features.train_X, features.train_text[:-1])
 
 
+def test_a_loaded_head_counts_what_it_holds(features):
+    """What the head cache counts: the stored size, plus a hybrid head's idf held as float64."""
+    for kind in ("linear", "prototype", "hybrid"):
+        stored = new_head(kind).fit(training_input(kind, features), features.train_y).to_state()
+        head = head_from_state(
+            HeadState.from_serialized(stored.config_json(), stored.tensor_bytes())
+        )
+        wider = (
+            head.weighting_.idf_.nbytes - stored.tensors["idf"].nbytes if kind == "hybrid" else 0
+        )
+        assert head.resident_bytes(stored.nbytes) == stored.nbytes + wider
+    assert wider == 4 * NGRAM_BUCKETS
+
+
 def test_hybrid_state_of_the_wrong_shape_is_refused(features):
     state = new_head("hybrid").fit(training_input("hybrid", features), features.train_y).to_state()
     narrow = {**state.tensors, "ngram_coef": state.tensors["ngram_coef"][:, :100]}
