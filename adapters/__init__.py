@@ -1,8 +1,8 @@
 """The learning side of Graft: head kinds that turn frozen features into label probabilities.
 
 Nothing here knows about HTTP, storage, tenants or BentoML: heads take arrays (pooled features;
-for tuned and matching heads the token states below the backbone's top layer; for hybrid heads
-the features with their texts) and give arrays, and save themselves as a
+for tuned and matching heads token states, entering or leaving the backbone's top layer; for
+hybrid heads the features with their texts) and give arrays, and save themselves as a
 :class:`~adapters.base.HeadState` (JSON config + float tensors).
 """
 

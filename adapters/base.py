@@ -116,9 +116,9 @@ class Head(ABC):
     #: Multilabel heads score each label on its own; the others rank labels against each other.
     multilabel: ClassVar[bool] = False
     #: Tuned and matching heads read :class:`~adapters.tuned.TokenStates`, not pooled features:
-    #: a tuned head those that enter the backbone's top layer, a matching head those that leave it.
-    takes_token_states: ClassVar[bool] = False
-    token_layer: ClassVar[TokenLayer] = "below_top"
+    #: a tuned head those that enter the backbone's top layer ("below_top"), a matching head
+    #: those that leave it ("top"). None: the head reads pooled features.
+    token_layer: ClassVar[TokenLayer | None] = None
     #: Hybrid heads read :class:`~adapters.hybrid.TextFeatures`: pooled features and the texts.
     takes_texts: ClassVar[bool] = False
 

@@ -84,8 +84,7 @@ class MatchingHead(Head):
     """
 
     kind: ClassVar[str] = "matching"
-    takes_token_states: ClassVar[bool] = True
-    token_layer: ClassVar[TokenLayer] = "top"
+    token_layer: ClassVar[TokenLayer | None] = "top"
 
     def __init__(
         self,

@@ -370,7 +370,7 @@ def _merit(result: CVResult) -> tuple[float, float]:
 def _input_form(kind: str) -> tuple[type, str]:
     """What a kind learns from, and its name in an error."""
     cls = HEAD_KINDS.get(kind)
-    if cls is not None and cls.takes_token_states:
+    if cls is not None and cls.token_layer is not None:
         return TokenStates, "token states"
     if cls is not None and cls.takes_texts:
         return TextFeatures, "pooled features with their texts"

@@ -20,7 +20,14 @@ import torch
 from scipy.special import softmax
 from torch import nn
 
-from adapters.base import Head, HeadState, HeadStateError, TrainingDataError, as_labels
+from adapters.base import (
+    Head,
+    HeadState,
+    HeadStateError,
+    TokenLayer,
+    TrainingDataError,
+    as_labels,
+)
 from adapters.linear import LinearHead
 from adapters.stopping import checkpoint
 
@@ -152,7 +159,7 @@ class TunedHead(Head):
     """
 
     kind: ClassVar[str] = "tuned"
-    takes_token_states: ClassVar[bool] = True
+    token_layer: ClassVar[TokenLayer | None] = "below_top"
 
     def __init__(
         self,

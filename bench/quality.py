@@ -122,8 +122,9 @@ def scores(truth: list[str], predicted: list[str]) -> tuple[float, float]:
 
 def head_input(kind: str, X: np.ndarray, states: States, texts: list[str]) -> Features:
     """What ``kind`` learns from and predicts from, as the service hands it over."""
-    if HEAD_KINDS.get(kind, LinearHead).takes_token_states:
-        return states[HEAD_KINDS[kind].token_layer]
+    layer = HEAD_KINDS.get(kind, LinearHead).token_layer
+    if layer is not None:
+        return states[layer]
     if HEAD_KINDS.get(kind, LinearHead).takes_texts:
         return TextFeatures.of(X, texts)
     return X
@@ -192,11 +193,11 @@ def run_serving_dtype(
 ) -> dict[str, list[dict[str, float]]]:
     """The 10-shot draws again, embedded in the dtype the service resolves ``auto`` to here."""
     encode = Encoder("auto")
-    test_X, test_states = encode([row.text for row in test])
+    texts, truth = [row.text for row in test], [row.label for row in test]
+    test_X, test_states = encode(texts)
     found: dict[str, list[dict[str, float]]] = defaultdict(list)
     for seed in range(draws):
         draw = few_shot(train, per_label=10, seed=seed)
-        texts, truth = [row.text for row in test], [row.label for row in test]
         by_kind = run_kinds(encode, draw, test_X, test_states, texts, truth, SERVING_KINDS, ())
         for kind, result in by_kind.items():
             found[kind].append(result)

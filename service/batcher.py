@@ -46,10 +46,10 @@ class _Call:
     future: asyncio.Future[None]
     rows: np.ndarray
     remaining: int
-    #: Token states, one per item, when the caller asked: of ``layer`` (entering the top layer
-    #: or leaving it).
-    states: list[np.ndarray] | None = None
-    layer: TokenLayer = "below_top"
+    #: The token states the caller asked for (entering the top layer or leaving it), if any,
+    #: and where they go: one per item.
+    layer: TokenLayer | None = None
+    states: list[np.ndarray] = field(default_factory=list)
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -83,9 +83,7 @@ class EmbeddingBatcher:
 
         They ride in the same shared passes as everyone's features: the backbone still runs
         once per batch for all tenants."""
-        call = await self._submit(items, bulk, states=layer)
-        assert call.states is not None
-        return call.states
+        return (await self._submit(items, bulk, states=layer)).states
 
     async def _submit(
         self, items: Sequence[Any], bulk: bool, *, states: TokenLayer | None
@@ -95,8 +93,8 @@ class EmbeddingBatcher:
             future=loop.create_future(),
             rows=np.empty((len(items), self.backbone.dim), dtype=np.float32),
             remaining=len(items),
-            states=[np.empty(0)] * len(items) if states else None,
-            layer=states or "below_top",
+            layer=states,
+            states=[np.empty(0)] * len(items) if states else [],
         )
         if not items:
             return call
@@ -157,7 +155,7 @@ class EmbeddingBatcher:
             metrics.BATCH_QUEUE_WAIT.observe(now - slot.call.queued_at)
         metrics.BATCH_SIZE.observe(len(live))
         metrics.BATCH_TOKENS.observe(len(live) * max(s.cost for s in live))
-        wanted = [(i, s.call.layer) for i, s in enumerate(live) if s.call.states is not None]
+        wanted = [(i, layer) for i, s in enumerate(live) if (layer := s.call.layer) is not None]
         try:
             rows, states = await self.backbone.forward([s.item for s in live], wanted)
         except Exception as exc:  # a failed pass fails only the calls that were in it
@@ -166,9 +164,7 @@ class EmbeddingBatcher:
                     slot.call.future.set_exception(exc)
             return
         for (i, _layer), state in zip(wanted, states, strict=True):
-            kept = live[i].call.states
-            assert kept is not None
-            kept[live[i].index] = state
+            live[i].call.states[live[i].index] = state
         for slot, row in zip(live, rows, strict=True):
             call = slot.call
             if call.future.done():

@@ -181,7 +181,7 @@ class HeadService:
     ) -> Features:
         """What ``head`` predicts from: pooled features, token states for a tuned or matching
         head, or features with their texts for a hybrid head."""
-        if head.takes_token_states:
+        if head.token_layer is not None:
             return await self.token_states(inputs, head.token_layer, bulk=bulk, field=field)
         features = await self.embed(inputs, bulk=bulk, field=field)
         if head.takes_texts:  # counting n-grams is Python per character: off the event loop
@@ -255,7 +255,7 @@ class HeadService:
         inputs = [*texts, *descriptions.values()]
         row_labels = [*labels, *descriptions]
         cls = HEAD_KINDS.get(kind)
-        layer = cls.token_layer if cls is not None and cls.takes_token_states else None
+        layer = cls.token_layer if cls is not None else None
         with_texts = cls is not None and cls.takes_texts
         top = self._top_layer() if layer == "below_top" else None  # where a tuned head starts
         if with_texts and base is not None:
@@ -340,9 +340,9 @@ class HeadService:
             )
         self.limits.check_examples(texts, labels)
         cls = HEAD_KINDS.get(kind)
-        if cls is not None and cls.takes_token_states and cls.token_layer == "below_top":
+        if cls is not None and cls.token_layer == "below_top":
             self._top_layer()  # a backbone that cannot serve the kind
-        elif cls is not None and (cls.takes_texts or cls.takes_token_states):
+        elif cls is not None and (cls.takes_texts or cls.token_layer is not None):
             self._check_reads_texts(kind)
         with _refused_on("examples"):
             check_label_form(kind, labels)
@@ -359,7 +359,7 @@ class HeadService:
             with _refused_on("abstain"):
                 check_abstain_option(kind, labels, abstain)
             _check_described(descriptions, labels)
-        if count_tokens and cls is not None and cls.takes_token_states:
+        if count_tokens and cls is not None and cls.token_layer is not None:
             # The descriptions are embedded with the examples, so they share the budget.
             everything = [*texts, *descriptions.values()]
             items = await self._prepare(everything, bulk=True, field="examples")
@@ -538,7 +538,7 @@ class HeadService:
         """A frozen-feature head's matrix product runs here; a tuned head's transformer layer
         and a matching head's token matching (milliseconds per input) and a hybrid head's
         n-gram counting run off the event loop so that batching goes on meanwhile."""
-        if head.takes_token_states or head.takes_texts:
+        if head.token_layer is not None or head.takes_texts:
             return await anyio.to_thread.run_sync(head.predict_proba, features)
         return head.predict_proba(features)
 

@@ -28,7 +28,8 @@ from adapters.base import TokenLayer
 from service.errors import InvalidExamples
 
 #: The kind that reads each layer's token states, for what a refusal suggests instead.
-KIND_READING = {cls.token_layer: kind for kind, cls in HEAD_KINDS.items() if cls.takes_token_states}
+KIND_READING = {cls.token_layer: kind for kind, cls in HEAD_KINDS.items() if cls.token_layer}
+_WHICH = {"below_top": "enter the top layer", "top": "leave the top layer"}
 
 
 def digest(item: Hashable) -> str:
@@ -205,6 +206,3 @@ def training_set(
     teach_only = frozenset(range(len(inputs) - descriptions, len(inputs)))
     digests = [digest(item) for item in inputs]
     return TrainingSet(features, list(labels), digests, texts, teach_only, token_layer)
-
-
-_WHICH = {"below_top": "enter the top layer", "top": "leave the top layer"}

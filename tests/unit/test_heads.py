@@ -20,9 +20,9 @@ from adapters.stopping import FitStopped, stoppable
 
 #: The kinds that read pooled features (hybrid heads with their texts); tuned heads read token
 #: states (tests/unit/test_tuned.py).
-KINDS = sorted(kind for kind, cls in HEAD_KINDS.items() if not cls.takes_token_states)
+KINDS = sorted(kind for kind, cls in HEAD_KINDS.items() if cls.token_layer is None)
 SINGLE_LABEL_KINDS = sorted(
-    kind for kind, cls in HEAD_KINDS.items() if not cls.multilabel and not cls.takes_token_states
+    kind for kind, cls in HEAD_KINDS.items() if not cls.multilabel and cls.token_layer is None
 )
 
 
