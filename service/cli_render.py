@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import IO, Any, cast
 
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
@@ -45,8 +45,43 @@ def make_console(*, stderr: bool = False) -> Console:
     off a terminal and cuts table cells to fit, so a piped table lost its job ids and long
     labels. ``COLUMNS``, where set, still decides."""
     stream = sys.stderr if stderr else sys.stdout
-    uncut = not stream.isatty() and "COLUMNS" not in os.environ
-    return Console(stderr=stderr, width=UNCUT_WIDTH if uncut else None)
+    if stream.isatty() or "COLUMNS" in os.environ:
+        return Console(stderr=stderr)
+    return Console(file=cast(IO[str], _Unpadded(stderr=stderr)), width=UNCUT_WIDTH)
+
+
+class _Unpadded:
+    """The console's stream off a terminal, without the spaces that end a line: rich pads every
+    row of a table to its widest, and one 220-character ``labels`` row made a piped train
+    answer 220 columns wide on every line. Looked up on each write, as rich does, so that a
+    test runner's swapped ``sys.stdout`` is the one written to."""
+
+    def __init__(self, *, stderr: bool) -> None:
+        self._stderr = stderr
+        self._line = ""
+
+    @property
+    def _stream(self) -> Any:
+        return sys.stderr if self._stderr else sys.stdout
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self._stream, "encoding", None) or "utf-8"
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        *lines, self._line = (self._line + text).split("\n")
+        for line in lines:
+            self._stream.write(line.rstrip(" ") + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._line:
+            self._stream.write(self._line)
+            self._line = ""
+        self._stream.flush()
 
 
 def upload_progress(console: Console) -> Progress:

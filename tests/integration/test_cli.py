@@ -64,6 +64,8 @@ def test_train_predict_show_and_delete(made, tmp_path):
     trained = graft("train", "--head", "mood", "--file", str(data), *COLUMNS, "--tenant", "cli")
     assert trained.exit_code == 0, trained.output
     assert "version" in trained.stdout and "2 (negative, positive)" in trained.stdout
+    # piped, rich pads each row to the widest (a 77-label head's labels row: 220 columns)
+    assert [line for line in trained.stdout.splitlines() if line.endswith(" ")] == []
 
     as_json = graft("train", "--head", "mood", "--file", str(data), *COLUMNS, "--json")
     assert json.loads(as_json.stdout)["version"] == 1  # the default tenant's first version
