@@ -85,6 +85,7 @@ class MatchingHead(Head):
 
     kind: ClassVar[str] = "matching"
     token_layer: ClassVar[TokenLayer | None] = "top"
+    keeps_its_examples: ClassVar[bool] = True
 
     def __init__(
         self,

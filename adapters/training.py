@@ -68,10 +68,6 @@ RELATIVE_CV_COST = {"prototype": 0.5, "linear": 1.0, "mlp": 40.0}
 #: all the examples (a fold on 4/5), to the full tolerance or for all its epochs (a tuned
 #: head's folds train one epoch of four, an mlp's 50 of 100).
 FINAL_FIT_FOLDS = {"tuned": 5.0, "mlp": 2.5}
-#: The report's pass over the examples, in folds, where it is not negligible: a matching head
-#: matches every example against its whole bank, about five times a fold's matching (n x n
-#: tokens against (n/5) x (4n/5)); on a 262,144-token set that pass took 6 minutes.
-REPORT_FOLDS = {"matching": 5.0}
 #: What ``auto`` keeps unless another kind clearly does better (see ``_choose``).
 AUTO_DEFAULT = "linear"
 
@@ -86,7 +82,8 @@ class TrainingReport:
     kind: str
     params: dict[str, Any]
     examples_per_label: dict[str, int]
-    train_accuracy: float
+    #: Accuracy on its own examples; None for a head that keeps them (``keeps_its_examples``).
+    train_accuracy: float | None
     cv_folds: int
     cv_accuracy: float | None
     cv_macro_f1: float | None
@@ -216,15 +213,11 @@ def _fit_head(
     elif abstain is not False and abstain is not True:
         head.abstain_threshold_ = float(abstain)
         calibration = {"threshold": float(abstain)}
-    examples = features[scored] if taught is not None else features
-    predicted = np.asarray(head.classes_, dtype=object)[head.predict_proba(examples).argmax(axis=1)]
-    if plan.report:
-        plan.step(plan.report)
     report = TrainingReport(
         kind=chosen_kind,
         params=head.params,
         examples_per_label=_label_counts(y[scored].tolist()),
-        train_accuracy=round(float(np.mean(predicted == y[scored])), 4),
+        train_accuracy=_train_accuracy(head, features, y, scored, taught),
         cv_folds=folds,
         cv_accuracy=round(best.accuracy, 4) if best else None,
         cv_macro_f1=round(best.macro_f1, 4) if best else None,
@@ -257,7 +250,6 @@ class _FitPlan:
     hook: ProgressHook | None
     total: float
     final: float
-    report: float
     done: float = 0.0
 
     @classmethod
@@ -268,8 +260,7 @@ class _FitPlan:
         cv_fits = folds * sum(len(CANDIDATES[each]) for each in kinds)
         rounds = holdout_rounds(n_labels) if abstain == "auto" else 0
         final = FINAL_FIT_FOLDS.get(kind, 1.0)
-        report = REPORT_FOLDS.get(kind, 0.0)
-        return cls(hook, cv_fits + rounds + final + report, final, report)
+        return cls(hook, cv_fits + rounds + final, final)
 
     def step(self, weight: float = 1.0) -> None:
         self.done += weight
@@ -343,6 +334,16 @@ def check_abstain_option(kind: str, labels: Sequence[Any], abstain: Abstain) -> 
                 f'"abstain": "auto" calibrates on cross-validation, {why_no_folds(y, len(y))}; '
                 "give a threshold instead"
             )
+
+
+def _train_accuracy(
+    head: Head, features: Features, y: np.ndarray, scored: np.ndarray, taught: np.ndarray | None
+) -> float | None:
+    if head.keeps_its_examples:
+        return None
+    examples = features[scored] if taught is not None else features
+    predicted = np.asarray(head.classes_, dtype=object)[head.predict_proba(examples).argmax(axis=1)]
+    return round(float(np.mean(predicted == y[scored])), 4)
 
 
 def _choose(kind: str, candidates: list[CVResult], n_examples: int) -> CVResult | None:
