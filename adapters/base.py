@@ -123,8 +123,8 @@ class Head(ABC):
     takes_texts: ClassVar[bool] = False
     #: Matching heads keep their examples, and each matches its own tokens: their accuracy on
     #: them says nothing (1.0 on every banking77 draw, 1 to 10 shots), and measuring it costs a
-    #: pass of every example against the whole bank (half a 262,144-token set's 12-minute fit).
-    #: Their report leaves it out.
+    #: pass of every example against the whole bank, as much as all the folds' matching. Their
+    #: report leaves it out.
     keeps_its_examples: ClassVar[bool] = False
 
     classes_: list[str]

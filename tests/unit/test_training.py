@@ -189,8 +189,12 @@ def test_the_stronger_regularisation_is_kept_unless_the_looser_one_clearly_wins(
     assert _choose("linear", [result(16.0, 0.8442), result(96.0, 0.8657)], 670).params == {
         "C": 96.0
     }
-    # auto weighs linear's pick, not its best C, against the other kinds
-    proto = CVResult("prototype", {}, ["a"], np.zeros((1, 1)), 0.8500, 0.85, 0.5, 0.1)
+    # auto weighs linear's pick against the other kinds, not its best C: 0.860 clearly beats
+    # C=16's 0.844 (by more than 0.014), not C=96's 0.852.
+    proto = CVResult("prototype", {}, ["a"], np.zeros((1, 1)), 0.8600, 0.86, 0.5, 0.1)
+    pick = _choose("auto", [proto, result(16.0, 0.8442), result(96.0, 0.8520)], 670)
+    assert pick.kind == "prototype"
+    proto.accuracy = 0.8550
     pick = _choose("auto", [proto, result(16.0, 0.8442), result(96.0, 0.8520)], 670)
     assert (pick.kind, pick.params) == ("linear", {"C": 16.0})
 
