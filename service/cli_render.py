@@ -44,10 +44,10 @@ def make_console(*, stderr: bool = False) -> Console:
     """A console for people on a terminal, and for scripts off one: rich assumes 80 columns
     off a terminal and cuts table cells to fit, so a piped table lost its job ids and long
     labels. ``COLUMNS``, where set, still decides."""
-    stream = sys.stderr if stderr else sys.stdout
-    if stream.isatty() or "COLUMNS" in os.environ:
+    if (sys.stderr if stderr else sys.stdout).isatty():
         return Console(stderr=stderr)
-    return Console(file=cast(IO[str], _Unpadded(stderr=stderr)), width=UNCUT_WIDTH)
+    width = None if "COLUMNS" in os.environ else UNCUT_WIDTH  # rich reads COLUMNS itself
+    return Console(file=cast(IO[str], _Unpadded(stderr=stderr)), width=width)
 
 
 class _Unpadded:
@@ -140,7 +140,7 @@ def predictions(texts: Sequence[str], found: Sequence[Prediction], top_k: int) -
         )
         row = [str(index), escape(_cut(text)), label, f"{prediction.score:.3f}"]
         if top_k > 1:
-            row.append(", ".join(f"{t.label} {t.score:.2f}" for t in prediction.top[1:]))
+            row.append(", ".join(f"{escape(t.label)} {t.score:.2f}" for t in prediction.top[1:]))
         table.add_row(*row)
     return table
 

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.table import Table
 from typer.testing import CliRunner
 
 from bench.datasets import banking77, few_shot
 from bench.server import GRAFT
-from service import cli_remote
+from service import cli_remote, cli_render
 from service.cli import app
 from service.client import GraftAPIError, GraftClient
 
@@ -248,6 +249,30 @@ def test_an_abstained_prediction_shows_the_label_it_refused(made, tmp_path):
     # Measured 0.867, below the 0.99 threshold: refused, naming what it would have said. The
     # tenant's strings come out as written, not read as markup.
     assert "│ Meh [see attached] │ (none of these; [neutral]?) │" in row
+
+
+def test_piped_output_at_a_set_width_has_no_trailing_spaces(monkeypatch, capsys):
+    """COLUMNS sets the width off a terminal; rich then padded every line to it."""
+    monkeypatch.setenv("COLUMNS", "150")
+    table = Table.grid(padding=(0, 2))
+    table.add_row("head", "mood")
+    table.add_row("labels", "x" * 100)
+    cli_render.make_console().print(table)
+    out = capsys.readouterr().out
+    assert out.splitlines() == ["head    mood", "labels  " + "x" * 100]
+
+
+def test_labels_in_the_also_column_are_printed_as_written(made, tmp_path):
+    """A label "[/]" in the second place crashed the table with rich's MarkupError."""
+    data = write_csv(
+        tmp_path / "marks.csv",
+        [(text, "[/]" if label == "negative" else label) for text, label in SENTIMENT],
+    )
+    assert graft("train", "--head", "marks", "--file", str(data), *COLUMNS).exit_code == 0
+    found = graft("predict", "--head", "marks", "I love it", "--top-k", "2")
+    assert found.exit_code == 0, found.output
+    (row,) = [line for line in found.stdout.splitlines() if line.startswith("│ 1 ")]
+    assert "│ positive │" in row and "│ [/] 0." in row
 
 
 def test_an_error_message_with_brackets_is_printed_whole(made, tmp_path):
