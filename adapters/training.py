@@ -123,7 +123,21 @@ def data_warnings(inputs: Sequence[Hashable], labels: Sequence[Hashable]) -> lis
             f"imbalanced labels: {max(counts.values())} examples for the largest label, "
             f"{min(counts.values())} for the smallest"
         )
+    lookalikes = _lookalike_labels(counts)
+    if lookalikes:
+        shown = "; ".join(" and ".join(map(repr, group)) for group in lookalikes[:3])
+        more = ", ..." if len(lookalikes) > 3 else ""
+        warnings.append(f"labels that differ only in case or spaces: {shown}{more}")
     return warnings
+
+
+def _lookalike_labels(counts: dict[str, int]) -> list[list[str]]:
+    """Labels that read the same once case and spacing are ignored ("pos" and "pos "): a stray
+    space in a file splits a label in two, and every table shows them alike."""
+    by_form: dict[str, list[str]] = defaultdict(list)
+    for label in sorted(counts):
+        by_form[" ".join(label.split()).casefold()].append(label)
+    return [group for group in by_form.values() if len(group) > 1]
 
 
 def _label_counts(labels: Sequence[Hashable]) -> dict[str, int]:
@@ -192,8 +206,9 @@ def _fit_head(
     best = _choose(kind, candidates, len(scored))
     if best is not None:
         chosen_kind, params = best.kind, best.params
-    else:  # nothing to cross-validate on: the kind's defaults (auto: the default kind's)
-        chosen_kind, params = (AUTO_DEFAULT if kind == "auto" else kind), {}
+    else:  # nothing to cross-validate on: the kind's first settings (auto: the default kind's)
+        chosen_kind = AUTO_DEFAULT if kind == "auto" else kind
+        params = CANDIDATES[chosen_kind][0]
     make = _factory(chosen_kind, params)
     checkpoint()
     head = make().fit(features, y)

@@ -212,6 +212,17 @@ def test_warnings_for_duplicates_and_conflicts(client):
     assert "1 input(s) appear under more than one label" in warnings
 
 
+def test_a_warning_for_labels_that_differ_only_in_case_or_spaces(client):
+    """A stray space in a file splits a label in two, and every table shows the two alike."""
+    examples = [*SENTIMENT, {"text": "not bad at all", "label": "positive "}]
+    examples.append({"text": "quite good really", "label": "Positive"})
+    response = train(client, "lookalikes", examples)
+    assert response.status_code == 200
+    assert sorted(response.json()["labels"]) == ["Positive", "negative", "positive", "positive "]
+    warning = "labels that differ only in case or spaces: 'Positive' and 'positive' and 'positive '"
+    assert warning in response.json()["report"]["warnings"]
+
+
 # -- caller mistakes: exact status, code and field, and the registry untouched ----------------
 
 BAD_TRAIN = [

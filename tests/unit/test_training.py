@@ -218,6 +218,20 @@ def test_no_cross_validation_with_single_examples(features):
     assert report.warnings[0].startswith("8 label(s) have a single example")
 
 
+def test_without_cross_validation_linear_keeps_its_first_setting(features):
+    """Not the class's own default (C=20), which the README does not name."""
+    firsts = {label: i for i, label in reversed(list(enumerate(features.train_y)))}
+    rows = sorted(firsts.values())  # one example per label: no folds
+    head, report = fit_head(
+        "linear",
+        features.train_X[rows],
+        [features.train_y[i] for i in rows],
+        [features.train_text[i] for i in rows],
+    )
+    assert report.cv_folds == 0 and report.candidates == []
+    assert head.C == report.params["C"] == CANDIDATES["linear"][0]["C"] == 16.0
+
+
 def test_evaluation_matches_scikit_learn(features):
     head, _report = fit(features, abstain=0.9)
     truth = [*features.test_y[:-1], "an_intent_it_never_saw"]
