@@ -405,7 +405,7 @@ class HeadService:
         as from these; the base's features are reused, not recomputed.
         """
         started = time.perf_counter()
-        try:
+        with counted_as_training(kind):
             base = None
             grown_from: dict[str, int] = {}
             if base_version is not None:
@@ -431,9 +431,6 @@ class HeadService:
             if progress is not None:
                 await progress.phase("registering")  # past this, a job can no longer be cancelled
             info = await anyio.to_thread.run_sync(self._register, tenant, head, new)
-        except Exception as exc:
-            metrics.TRAININGS.labels(kind, _outcome(exc)).inc()
-            raise
         metrics.TRAININGS.labels(kind, "ok").inc()
         metrics.TRAINING_SECONDS.observe(train_ms / 1000)
         metrics.TRAINING_EXAMPLES.observe(len(texts))
@@ -627,8 +624,8 @@ def _check_described(descriptions: Mapping[str, str], labels: Sequence[Any]) -> 
 
 @contextmanager
 def counted_as_training(kind: str) -> Iterator[None]:
-    """A refusal raised inside counts as a training of ``kind`` that ended so: for a job's
-    checks at submit, which stand for the training it would have run."""
+    """A failure raised inside counts as a training of ``kind`` that ended so: a training's
+    own, and a job's checks at submit, which stand for the training it would have run."""
     try:
         yield
     except Exception as exc:
