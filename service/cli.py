@@ -8,7 +8,6 @@ import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from service import cli_remote, cli_render
@@ -134,7 +133,7 @@ def keys_revoke(prefix: Annotated[str, typer.Argument(help="The key's prefix.")]
     try:
         revoked = _key_store().revoke(prefix)
     except KeyNotFound as exc:
-        console.print(f"[red]{escape(exc.message)}[/red]")
+        console.print(f"[red]{cli_render.shown(exc.message)}[/red]")
         raise typer.Exit(1) from None
     console.print(f"revoked {revoked.prefix} ({revoked.tenant})")
 

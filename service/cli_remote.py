@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from service import cli_render as render
 from service.client import (
@@ -78,10 +78,10 @@ def _session(url: str, key: str | None, tenant: str | None) -> Iterator[GraftCli
             yield client
     except GraftAPIError as exc:
         where = f" ({exc.field})" if exc.field else ""
-        err.print(f"[red]error {exc.status} {exc.code}{where}:[/red] {escape(exc.message)}")
+        err.print(f"[red]error {exc.status} {exc.code}{where}:[/red] {render.shown(exc.message)}")
         raise typer.Exit(1) from None
     except GraftClientError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        err.print(f"[red]error:[/red] {render.shown(str(exc))}")
         raise typer.Exit(1) from None
 
 
@@ -89,7 +89,7 @@ def _read(reader: Callable[..., Any], *args: Any) -> Any:
     try:
         return reader(*args)
     except DataFileError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        err.print(f"[red]error:[/red] {render.shown(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -232,7 +232,7 @@ def _wait_for(client: GraftClient, started: JobResponse) -> TrainResponse:
         )
         raise typer.Exit(130) from None
     if final.status != "succeeded" or final.result is None:
-        reason = f": {final.error.code}: {escape(final.error.message)}" if final.error else ""
+        reason = f": {final.error.code}: {render.shown(final.error.message)}" if final.error else ""
         err.print(f"[red]job {final.job} {final.status}[/red]{reason}")
         raise typer.Exit(1)
     return final.result
@@ -337,14 +337,21 @@ def heads_show(
 
 
 def _confirm(question: str) -> None:
-    """Ask, and stop (exit 1) unless the answer is yes; with stdin closed, stop and say why."""
+    """Ask, and stop (exit 1) unless the answer is yes; with no answer to read (stdin closed,
+    or at its end off a terminal), stop and say to give --yes."""
     try:
-        typer.confirm(question, abort=True, err=True)
-    except typer.Abort:  # a RuntimeError too: the answer was no
-        raise
+        agreed = typer.confirm(question, err=True)
+    except typer.Abort:  # click's answer to the end of input, and to ^C
+        if sys.stdin is not None and sys.stdin.isatty():
+            raise  # ^C or ^D at the terminal: the person chose to stop
+        agreed = None
     except RuntimeError:  # input() with stdin closed: "lost sys.stdin"
-        err.print("\nno answer: stdin is closed; give --yes to go ahead without asking")
-        raise typer.Exit(1) from None
+        agreed = None
+    if agreed is None:
+        err.print("\nno answer on stdin; give --yes to go ahead without asking")
+        raise typer.Exit(1)
+    if not agreed:
+        raise typer.Abort()
 
 
 @heads_app.command("delete")

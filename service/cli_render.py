@@ -18,7 +18,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 
 from service.schemas import (
     EvaluateResponse,
@@ -34,6 +34,14 @@ from service.schemas import (
 TEXT_WIDTH = 60
 #: A confusion matrix is drawn only for heads with at most this many labels.
 MAX_MATRIX_LABELS = 15
+
+
+def shown(text: str) -> str:
+    """A string from a tenant or a server, as rich should print it: markup escaped, so that
+    "[x]" is not read as markup, and a character that is not printable written as Python
+    writes it (``\\t``, ``\\x1b``): a tab or newline broke a table's row, and an escape
+    character reached the terminal raw."""
+    return escape("".join(c if c.isprintable() else repr(c)[1:-1] for c in text))
 
 
 #: The width of output that is not a terminal: wide enough never to cut a cell.
@@ -85,7 +93,7 @@ class _Unpadded:
 
 
 def upload_progress(console: Console) -> Progress:
-    """Bytes sent, then (same bar) the wait for the answer."""
+    """Bytes sent, then (same bar) the wait for the answer; nothing off a terminal."""
     return Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -94,11 +102,12 @@ def upload_progress(console: Console) -> Progress:
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # off one, a finished bar left a blank line
     )
 
 
 def job_progress(console: Console) -> Progress:
-    """A training job's phase and how much of it is done."""
+    """A training job's phase and how much of it is done; nothing off a terminal."""
     return Progress(
         SpinnerColumn(),
         TextColumn("{task.description:<22}"),
@@ -107,6 +116,7 @@ def job_progress(console: Console) -> Progress:
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # off one, a finished bar left a blank line
     )
 
 
@@ -128,19 +138,21 @@ def trained(answer: TrainResponse) -> RenderableType:
 
 
 def predictions(texts: Sequence[str], found: Sequence[Prediction], top_k: int) -> Table:
-    table = Table("#", "text", "label", "score", *(["also"] if top_k > 1 else []))
+    # A label has no spaces to wrap at: folded, not cut short with "…", on a narrow terminal.
+    also = [Column("also", overflow="fold")] if top_k > 1 else []
+    table = Table("#", "text", Column("label", overflow="fold"), "score", *also)
     for index, (text, prediction) in enumerate(zip(texts, found, strict=True), start=1):
         # An abstention still shows the label it would have given, whose score that is. Labels
-        # are the tenant's strings: escaped, so that "[x]" is not read as markup.
-        best = escape(prediction.top[0].label) if prediction.top else "?"
+        # are the tenant's strings, printed through shown().
+        best = shown(prediction.top[0].label) if prediction.top else "?"
         label = (
             f"[dim](none of these; {best}?)[/dim]"
             if prediction.abstained
-            else escape(str(prediction.label))
+            else shown(str(prediction.label))
         )
-        row = [str(index), escape(_cut(text)), label, f"{prediction.score:.3f}"]
+        row = [str(index), shown(_cut(text)), label, f"{prediction.score:.3f}"]
         if top_k > 1:
-            row.append(", ".join(f"{escape(t.label)} {t.score:.2f}" for t in prediction.top[1:]))
+            row.append(", ".join(f"{shown(t.label)} {t.score:.2f}" for t in prediction.top[1:]))
         table.add_row(*row)
     return table
 
@@ -186,7 +198,7 @@ def head(found: HeadSummary) -> RenderableType:
             ", ".join(version.aliases),
         )
     latest = found.versions[-1]
-    labels = escape(", ".join(latest.labels))
+    labels = shown(", ".join(latest.labels))
     return Group(table, f"labels of version {latest.version}: {labels}")
 
 
@@ -207,7 +219,7 @@ def job(state: JobResponse) -> Table:
     if state.version is not None:
         rows.append(("version", str(state.version)))
     if state.error is not None:
-        rows.append(("error", f"{state.error.code}: {escape(state.error.message)}"))
+        rows.append(("error", f"{state.error.code}: {shown(state.error.message)}"))
     return _fields(*rows)
 
 
@@ -269,7 +281,8 @@ def evaluation(answer: EvaluateResponse) -> RenderableType:
     if answer.unknown_labels:
         summary.append(("unknown labels", _count_and_names(answer.unknown_labels)))
     parts: list[RenderableType] = [_fields(*summary)]
-    table = Table("label", "precision", "recall", "f1", "support", title="per label")
+    label_column = Column("label", overflow="fold")
+    table = Table(label_column, "precision", "recall", "f1", "support", title="per label")
     unseen = [label for label, metrics in answer.per_label.items() if metrics.support == 0]
     if unseen:  # a 77-label head scored on a few labels' examples: keep the table readable
         table.caption = f"{len(unseen)} labels without examples here are not shown"
@@ -277,7 +290,7 @@ def evaluation(answer: EvaluateResponse) -> RenderableType:
         if metrics.support == 0:
             continue
         table.add_row(
-            escape(label),
+            shown(label),
             f"{metrics.precision:.3f}",
             f"{metrics.recall:.3f}",
             f"{metrics.f1:.3f}",
@@ -286,9 +299,9 @@ def evaluation(answer: EvaluateResponse) -> RenderableType:
     parts.append(table)
     matrix, labels = answer.confusion_matrix, answer.labels
     if matrix is not None and len(labels) <= MAX_MATRIX_LABELS:
-        grid = Table("true \\ predicted", *map(escape, labels), title="confusion matrix")
+        grid = Table("true \\ predicted", *map(shown, labels), title="confusion matrix")
         for label, counts in zip(labels, matrix, strict=True):
-            grid.add_row(escape(label), *map(str, counts))
+            grid.add_row(shown(label), *map(str, counts))
         parts.append(grid)
     elif matrix is not None:
         parts.append(f"confusion matrix: {len(labels)} labels, shown with --json only")
@@ -309,7 +322,7 @@ def _report_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
             row += f" (refuses about {abstain['out_of_scope_rejected']:.0%} of unseen intents)"
         rows.append(("abstains", row))
     for warning in report.get("warnings", []) or []:
-        rows.append(("warning", f"[yellow]{escape(warning)}[/yellow]"))
+        rows.append(("warning", f"[yellow]{shown(warning)}[/yellow]"))
     return rows
 
 
@@ -322,8 +335,8 @@ def _fields(*rows: tuple[str, str]) -> Table:
     return table
 
 
-def _count_and_names(labels: Sequence[str], shown: int = 8) -> str:
-    names = escape(", ".join(labels[:shown])) + (", ..." if len(labels) > shown else "")
+def _count_and_names(labels: Sequence[str], count: int = 8) -> str:
+    names = shown(", ".join(labels[:count])) + (", ..." if len(labels) > count else "")
     return f"{len(labels)} ({names})"
 
 

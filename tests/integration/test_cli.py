@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 from rich.table import Table
 from typer.testing import CliRunner
 
@@ -16,6 +18,7 @@ from bench.server import GRAFT
 from service import cli_remote, cli_render
 from service.cli import app
 from service.client import GraftAPIError, GraftClient
+from service.schemas import Prediction
 
 SENTIMENT = [
     ("I love this, it works perfectly", "positive"),
@@ -113,6 +116,7 @@ def test_large_files_train_as_jobs_with_progress(made, http, tmp_path):
     env = {"GRAFT_URL": "http://graft.internal:3000", "GRAFT_API_KEY": ""}
     trained = graft("train", "--head", "intents", "--file", str(data), "--job", "--json", env=env)
     assert trained.exit_code == 0, trained.output
+    assert trained.stderr == ""  # progress bars are for a terminal: each left a blank line here
     answer = json.loads(trained.stdout)  # the job's result: what /v1/heads/train answers
     assert (answer["head"], answer["version"], answer["n_examples"]) == ("intents", 1, 120)
     assert made[-1]["url"] == "http://graft.internal:3000"
@@ -201,7 +205,18 @@ def test_a_delete_with_stdin_closed_stops_and_says_to_give_yes():
     )
     assert closed.returncode == 1
     assert "Traceback" not in closed.stderr and "cannot reach" not in closed.stderr
-    assert "no answer: stdin is closed; give --yes to go ahead without asking" in closed.stderr
+    assert "no answer on stdin; give --yes to go ahead without asking" in closed.stderr
+
+
+def test_a_delete_with_stdin_at_its_end_stops_and_says_to_give_yes(made, tmp_path):
+    """``</dev/null``: click read the end of input as a no, and printed "Aborted!" alone."""
+    data = write_csv(tmp_path / "mood.csv", SENTIMENT)
+    assert graft("train", "--head", "kept", "--file", str(data), *COLUMNS).exit_code == 0
+    unanswered = graft("heads", "delete", "kept", input="")
+    assert unanswered.exit_code == 1
+    assert "no answer on stdin; give --yes to go ahead without asking" in unanswered.stderr
+    assert "Aborted" not in unanswered.stderr
+    assert graft("heads", "show", "kept").exit_code == 0
 
 
 def test_the_client_raises_typed_errors(http):
@@ -282,3 +297,33 @@ def test_an_error_message_with_brackets_is_printed_whole(made, tmp_path):
     )
     assert refused.exit_code == 1
     assert "not a single label (example 0 has '[neutral]')" in " ".join(refused.stderr.split())
+
+
+def test_a_label_with_a_tab_or_an_escape_character_stays_in_its_row(made, tmp_path):
+    """A tab or newline in a label broke the table's row, and an escape reached the terminal."""
+    marked = {"positive": "good\tday", "negative": "bad\x1b[31m"}
+    data = tmp_path / "marks.jsonl"
+    data.write_text(
+        "".join(json.dumps({"text": t, "label": marked[label]}) + "\n" for t, label in SENTIMENT)
+    )
+    assert graft("train", "--head", "tabs", "--file", str(data)).exit_code == 0
+    found = graft("predict", "--head", "tabs", "I love it", "Awful, broken", "--top-k", "2")
+    assert found.exit_code == 0, found.output
+    rows = [line for line in found.stdout.splitlines() if line.startswith("│ ")]
+    assert len(rows) == 2  # one line per text
+    assert "│ good\\tday   │" in rows[0] and "bad\\x1b[31m 0." in rows[0]
+    assert "\x1b" not in found.stdout and "\t" not in found.stdout
+
+
+def test_a_long_label_on_a_narrow_terminal_is_folded_not_cut():
+    """At 80 columns rich cut the label column with "…" while the text column wrapped."""
+    label = "balance_not_updated_after_cheque_or_cash_deposit"
+    found = Prediction(
+        label=label, score=0.9, abstained=False, top=[{"label": label, "score": 0.9}]
+    )
+    console = Console(file=io.StringIO(), width=50)
+    console.print(cli_render.predictions(["Where is the cheque I paid in?"], [found], 1))
+    drawn = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "…" not in drawn
+    cells = [line.split("│")[3].strip() for line in drawn.splitlines() if line.startswith("│")]
+    assert "".join(cells) == label
