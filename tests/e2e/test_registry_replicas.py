@@ -35,9 +35,14 @@ def call(server, path, body, tenant="acme"):
     return server.post(path, body, headers={"X-Tenant-ID": tenant})
 
 
+def both(serve, tmp_path, **settings):
+    """Two replicas of one registry, started side by side."""
+    launched = [serve(tmp_path / home, ready=False, **settings) for home in ("a", "b")]
+    return [server.wait_ready() for server in launched]
+
+
 def test_two_replicas_share_one_postgresql_registry(serve, postgres_url, tmp_path):
-    a = serve(tmp_path / "a", database_url=postgres_url)
-    b = serve(tmp_path / "b", database_url=postgres_url)
+    a, b = both(serve, tmp_path, database_url=postgres_url)
 
     assert train(a).json()["version"] == 1
     on_b = predict(b)  # trained through A, served by B on its very next request
@@ -78,7 +83,7 @@ def test_two_replicas_share_one_postgresql_registry(serve, postgres_url, tmp_pat
 def test_concurrent_trainers_and_predictors(serve, tmp_path, request, backend):
     if backend == "postgresql":
         url = request.getfixturevalue("postgres_url")
-        servers = [serve(tmp_path / "a", database_url=url), serve(tmp_path / "b", database_url=url)]
+        servers = both(serve, tmp_path, database_url=url)
     else:  # two worker processes writing one SQLite file
         servers = [serve(tmp_path / "home", workers=2)]
     statuses: list[int] = []
