@@ -9,6 +9,7 @@ from functools import partial
 import anyio
 import bentoml
 
+from service import bentoml_metrics
 from service.auth import Caller, KeyInfo
 from service.endpoint import endpoint
 from service.gateway import Gateway
@@ -293,6 +294,7 @@ class Graft:
 
 # bentoml.service returns a Service, which its type hints do not tell mypy.
 Graft.add_asgi_middleware(Gateway)  # type: ignore[attr-defined]
+bentoml_metrics.install()
 
 
 def _job_response(job: JobInfo, *, with_result: bool = True) -> JobResponse:

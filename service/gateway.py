@@ -122,7 +122,9 @@ class Gateway:
         else:
             await self.app(scope, _replay(body, receive), send_with_id)
         finally:
-            record["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
+            elapsed = time.perf_counter() - started
+            record["latency_ms"] = round(elapsed * 1000, 2)
+            metrics.REQUEST_SECONDS.labels(route).observe(elapsed)
             opted_in = self.graft.settings.metrics_tenants if self.graft is not None else ()
             metrics.REQUESTS.labels(
                 route,

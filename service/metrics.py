@@ -94,6 +94,12 @@ REQUESTS = Counter(
     "/v1 requests by route, status and tenant (opted-in tenants only; others are 'other').",
     ["route", "status", "tenant"],
 )
+REQUEST_SECONDS = Histogram(
+    "graft_request_seconds",
+    "Wall time of /v1 requests by route, from taking the request to sending the answer.",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+)
 OTHER_TENANTS = "other"
 
 

@@ -134,6 +134,8 @@ def test_metrics_sum_over_both_workers(server, traffic):
     ok = (ACME_CALLS + GLOBEX_CALLS) * rounds
     assert value(found, "graft_predictions_total", outcome="ok") == ok
     assert value(found, "graft_predictions_total", outcome="client_error") == 1
+    predict_seconds = value(found, "graft_request_seconds_count", route="/v1/predict")
+    assert predict_seconds == ok + 1
     inputs = (ACME_CALLS * len(ACME_INPUTS) + GLOBEX_CALLS * len(GLOBEX_INPUTS)) * rounds
     assert value(found, "graft_predicted_inputs_total") == inputs
     assert value(found, "graft_trainings_total", kind="linear", outcome="ok") == 1
@@ -263,7 +265,30 @@ def test_a_path_that_is_no_route_is_a_json_404_counted_as_one_route(server, traf
         answer = server.post(path, {})
         assert (answer.status_code, answer.json()["error"]["code"]) == (404, "route_not_found")
     assert len(answer.json()["error"]["message"]) < 300
+    # Paths outside /v1 are BentoML's to answer; made up, they must not become series either.
+    for path in ("/wp-login.php", "/static_content/scan-123", "/readyz/scan-456"):
+        assert httpx.get(f"{server.url}{path}").status_code == 404
     after = samples(server)
+    made_up = ("tarin", "x" * 100, "wp-login", "scan-123", "scan-456")
+    labelled = {v for _, labels in after for _, v in labels}
+    assert not [v for v in labelled if any(part in v for part in made_up)]
+    bentoml_404 = {
+        "endpoint": "(unknown)",
+        "http_response_code": "404",
+        "runner_name": "Graft",
+        "service_name": "Graft",
+        "service_version": "not available",
+    }
+    bentoml_total = "bentoml_service_request_total"
+    counted = value(after, bentoml_total, **bentoml_404) - value(
+        before, bentoml_total, **bentoml_404
+    )
+    # BentoML's own count, the made-up paths as one like Graft's: the 5 under /v1, and 2 of
+    # the others (its static files count as "/static_content/").
+    assert counted == 5 + 2
+    seconds = "graft_request_seconds_count"
+    unknown = value(after, seconds, route="(unknown)") - value(before, seconds, route="(unknown)")
+    assert unknown == 5
     requests = "graft_requests_total"
     routes = {dict(labels).get("route") for name, labels in after if name == requests}
     assert "/v1/heads/tarin" not in routes and long not in routes
