@@ -11,10 +11,10 @@ embed the draw plus the fit, as ``/v1/heads/train`` spends it.
 ``+names`` rows: the linear, hybrid and matching kinds again, each label also described by its name
 (``"label_descriptions"``), taught but never scored in cross-validation.
 
-Abstention: 10 labels are held out as "out of scope"; a linear, a hybrid and a matching head
-with ``"abstain": "auto"`` learn the other 67, and each is scored on the in-scope test sentences
-(accuracy, counting a refusal as wrong, against the same head never refusing) and on the
-held-out labels' sentences (the share refused).
+Abstention: 10 labels are held out as "out of scope"; a linear, hybrid, matching, mlp and tuned
+head with ``"abstain": "auto"`` learn the other 67, and each is scored on the in-scope test
+sentences (accuracy, counting a refusal as wrong, against the same head never refusing) and on
+the held-out labels' sentences (the share refused).
 
 Where the service would run its backbone in another dtype than ``--dtype`` (bfloat16, on a CPU
 with native bf16, for the float32 default), the 10-shot draws of ``linear`` and ``matching`` are
@@ -64,7 +64,7 @@ KINDS = ("prototype", "linear", "mlp", "tuned", "hybrid", "matching", "auto")
 #: as ``"label_descriptions"`` teaches them: reported as ``<kind>+names``, apart from the kinds
 #: above, because they learn from more than the examples.
 DESCRIBED_KINDS = ("linear", "hybrid", "matching")
-ABSTAIN_KINDS = ("linear", "hybrid", "matching")
+ABSTAIN_KINDS = ("linear", "hybrid", "matching", "mlp", "tuned")
 #: The issue's goal: the best kind's accuracy at 10 shots, trained within this many seconds.
 GOAL_TRAIN_S = 5.0
 ABSTAIN_FIGURES = (
