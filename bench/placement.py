@@ -109,16 +109,16 @@ if PLACEMENT == "thread":
     traffic={"timeout": 600},
     logging={"access": {"enabled": False}},
 )
-class GraftWithBackboneService(Graft.inner):  # type: ignore[misc,name-defined]
+class GraftWithBackboneService(Graft.inner):  # type: ignore[name-defined]
     backbone_service = bentoml.depends(BackboneService)
 
     def __init__(self) -> None:
         proxy = self.backbone_service
-        backbone_process.BackboneProcess = lambda spec: RemoteBackbone(proxy)  # type: ignore[misc,assignment]
+        backbone_process.BackboneProcess = lambda spec: RemoteBackbone(proxy)  # type: ignore[misc,assignment,return-value]
         super().__init__()
 
 
-GraftWithBackboneService.add_asgi_middleware(Gateway)  # type: ignore[attr-defined]
+GraftWithBackboneService.add_asgi_middleware(Gateway)
 
 
 def main() -> None:

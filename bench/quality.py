@@ -42,6 +42,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 from adapters import HEAD_KINDS, LinearHead, TextFeatures, TokenStates
+from adapters.base import TokenLayer
 from adapters.selection import Features
 from adapters.training import fit_head
 from bench.datasets import Labelled, banking77, few_shot
@@ -103,7 +104,8 @@ class Encoder:
         for start in range(0, len(order), 64):
             rows = order[start : start + 64]
             batch = [items[i] for i in rows]
-            wanted = [(r, layer) for r in range(len(batch)) for layer in ("below_top", "top")]
+            layers: tuple[TokenLayer, ...] = ("below_top", "top")
+            wanted = [(r, layer) for r in range(len(batch)) for layer in layers]
             out[rows], states = self.model.forward_with_states(batch, wanted)
             for i, entering, leaving in zip(rows, states[::2], states[1::2], strict=True):
                 below[i], above[i] = entering, leaving
@@ -139,13 +141,13 @@ def run_kinds(
     test_y: list[str],
     kinds: tuple[str, ...] = KINDS,
     described_kinds: tuple[str, ...] = DESCRIBED_KINDS,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     texts = [row.text for row in draw]
     started = time.perf_counter()
     X, states = encode(texts)
     embed_s = time.perf_counter() - started
     y = [row.label for row in draw]
-    found = {}
+    found: dict[str, dict[str, Any]] = {}
     for kind in kinds:
         started = time.perf_counter()
         head, report = fit_head(kind, head_input(kind, X, states, texts), y, texts)
@@ -235,9 +237,9 @@ def run_abstention(
         "in_scope_accuracy": float(right.mean()),
         "in_scope_accuracy_abstaining": float((right & (top[in_scope] >= threshold)).mean()),
         "out_of_scope_rejected": float((top[~in_scope] < threshold).mean()),
-        "estimated_out_of_scope_rejected": float(report.abstain["out_of_scope_rejected"])
-        if report.abstain
-        else 0.0,
+        "estimated_out_of_scope_rejected": float(
+            (report.abstain or {}).get("out_of_scope_rejected") or 0.0
+        ),
     }
 
 
@@ -386,7 +388,7 @@ def write(
     ]
     for kind, found in abstention.items():
         for key in ABSTAIN_FIGURES:
-            figures[f"abstain_{kind}_{key}"] = mean(found, key)  # type: ignore[arg-type]
+            figures[f"abstain_{kind}_{key}"] = mean(found, key)
         abstaining.append(
             f"| {kind} | "
             + " | ".join(f"{figures[f'abstain_{kind}_{key}']:.4f}" for key in ABSTAIN_FIGURES)
