@@ -149,8 +149,14 @@ class Head(ABC):
 
     @property
     def params(self) -> dict[str, Any]:
-        """The hyperparameters, as stored and reported."""
+        """The hyperparameters, as stored."""
         return dict(self._state().config["params"])
+
+    @property
+    def reported_params(self) -> dict[str, Any]:
+        """The hyperparameters as a training report shows them: as stored, but where one is
+        left for the fit to choose (stored as ``None``), the value it chose."""
+        return self.params
 
     def predict_proba(self, X: Any) -> np.ndarray:
         return tempered(self._proba(self._check_predict_input(X)), self.temperature_)

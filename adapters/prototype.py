@@ -63,6 +63,11 @@ class PrototypeHead(Head):
         features = _unit_rows(X)
         return np.asarray(softmax(self.scale_ * (features @ self.centroids_.T), axis=1), np.float32)
 
+    @property
+    def reported_params(self) -> dict[str, Any]:
+        # "scale": null told a user nothing; the stored None keeps a retrain calibrating anew.
+        return {**self.params, "scale": round(float(self.scale_), 3)}
+
     def _state(self) -> HeadState:
         config: dict[str, Any] = {
             "kind": self.kind,

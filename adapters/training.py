@@ -230,7 +230,7 @@ def _fit_head(
         calibration = {"threshold": float(abstain)}
     report = TrainingReport(
         kind=chosen_kind,
-        params=head.params,
+        params=head.reported_params,
         examples_per_label=_label_counts(y[scored].tolist()),
         train_accuracy=_train_accuracy(head, features, y, scored, taught),
         cv_folds=folds,

@@ -65,7 +65,7 @@ def install() -> None:
             self._api_routes: frozenset[str] | None = None
 
         async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-            if scope["type"] == "http":
+            if scope["type"] in ("http", "websocket"):  # both label their path
                 if self._api_routes is None:  # known once the worker has loaded the service
                     self._api_routes = frozenset(server_context.service_routes)
                 path = scope.get("path", "")

@@ -199,6 +199,13 @@ def test_the_stronger_regularisation_is_kept_unless_the_looser_one_clearly_wins(
     assert (pick.kind, pick.params) == ("linear", {"C": 16.0})
 
 
+def test_a_prototype_report_shows_the_scale_it_calibrated(features):
+    head, report = fit(features, kind="prototype")
+    assert head.params == {"scale": None}  # stored: a retrain calibrates its own
+    assert report.params["scale"] == round(float(head.scale_), 3)
+    assert 1.0 < report.params["scale"] < 100.0
+
+
 def test_auto_within_a_tight_budget_still_answers(features):
     head, report = fit(features, kind="auto", budget_s=0.001)
     assert [c["kind"] for c in report.candidates] in ([], ["prototype"])
