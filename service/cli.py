@@ -133,7 +133,7 @@ def keys_revoke(prefix: Annotated[str, typer.Argument(help="The key's prefix.")]
     try:
         revoked = _key_store().revoke(prefix)
     except KeyNotFound as exc:
-        console.print(f"[red]{cli_render.shown(exc.message)}[/red]")
+        console.print(cli_render.plain(exc.message, style="red"))
         raise typer.Exit(1) from None
     console.print(f"revoked {revoked.prefix} ({revoked.tenant})")
 

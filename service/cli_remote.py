@@ -78,10 +78,10 @@ def _session(url: str, key: str | None, tenant: str | None) -> Iterator[GraftCli
             yield client
     except GraftAPIError as exc:
         where = f" ({exc.field})" if exc.field else ""
-        err.print(f"[red]error {exc.status} {exc.code}{where}:[/red] {render.shown(exc.message)}")
+        err.print(render.error_line(f"error {exc.status} {exc.code}{where}:", exc.message))
         raise typer.Exit(1) from None
     except GraftClientError as exc:
-        err.print(f"[red]error:[/red] {render.shown(str(exc))}")
+        err.print(render.error_line("error:", str(exc)))
         raise typer.Exit(1) from None
 
 
@@ -89,7 +89,7 @@ def _read(reader: Callable[..., Any], *args: Any) -> Any:
     try:
         return reader(*args)
     except DataFileError as exc:
-        err.print(f"[red]error:[/red] {render.shown(str(exc))}")
+        err.print(render.error_line("error:", str(exc)))
         raise typer.Exit(2) from None
 
 
@@ -232,8 +232,8 @@ def _wait_for(client: GraftClient, started: JobResponse) -> TrainResponse:
         )
         raise typer.Exit(130) from None
     if final.status != "succeeded" or final.result is None:
-        reason = f": {final.error.code}: {render.shown(final.error.message)}" if final.error else ""
-        err.print(f"[red]job {final.job} {final.status}[/red]{reason}")
+        reason = f": {final.error.code}: {final.error.message}" if final.error else ""
+        err.print(render.error_line(f"job {final.job} {final.status}", reason.removeprefix(" ")))
         raise typer.Exit(1)
     return final.result
 
@@ -337,21 +337,22 @@ def heads_show(
 
 
 def _confirm(question: str) -> None:
-    """Ask, and stop (exit 1) unless the answer is yes; with no answer to read (stdin closed,
-    or at its end off a terminal), stop and say to give --yes."""
+    """Ask on stderr and read the answer from stdin; stop (exit 1) unless it is yes, and with no
+    answer to read (stdin closed, or at its end), say to give --yes. Not click's prompt: it
+    writes the space after the question to stdout, into a script's output."""
+    err.print(render.plain(f"{question} [y/N] "), end="")
     try:
-        agreed = typer.confirm(question, err=True)
-    except typer.Abort:  # click's answer to the end of input, and to ^C
-        if sys.stdin is not None and sys.stdin.isatty():
-            raise  # ^C or ^D at the terminal: the person chose to stop
-        agreed = None
-    except RuntimeError:  # input() with stdin closed: "lost sys.stdin"
-        agreed = None
-    if agreed is None:
+        answer = sys.stdin.readline() if sys.stdin is not None else ""
+    except (OSError, ValueError):  # a stdin that cannot be read
+        answer = ""
+    if not answer:
         err.print("\nno answer on stdin; give --yes to go ahead without asking")
         raise typer.Exit(1)
-    if not agreed:
-        raise typer.Abort()
+    if answer.strip().lower() not in ("y", "yes"):
+        err.print("Aborted." if sys.stdin.isatty() else "\nAborted.")
+        raise typer.Exit(1)
+    if not sys.stdin.isatty():  # the answer was not echoed: end the question's line
+        err.print()
 
 
 @heads_app.command("delete")

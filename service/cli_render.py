@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 from typing import IO, Any, cast
 
 from rich.console import Console, Group, RenderableType
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -19,6 +18,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Column, Table
+from rich.text import Text
 
 from service.schemas import (
     EvaluateResponse,
@@ -36,12 +36,29 @@ TEXT_WIDTH = 60
 MAX_MATRIX_LABELS = 15
 
 
-def shown(text: str) -> str:
-    """A string from a tenant or a server, as rich should print it: markup escaped, so that
-    "[x]" is not read as markup, and a character that is not printable written as Python
-    writes it (``\\t``, ``\\x1b``): a tab or newline broke a table's row, and an escape
+def printable(text: str) -> str:
+    """A string from a tenant or a server with each character that is not printable written as
+    Python writes it (``\\t``, ``\\x1b``): a tab or newline broke a table's row, and an escape
     character reached the terminal raw."""
-    return escape("".join(c if c.isprintable() else repr(c)[1:-1] for c in text))
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def plain(text: str, style: str = "") -> Text:
+    """A string from a tenant or a server as rich should print it: never read as markup (a label
+    "[/]" crashed a table, and escaping one that ends in a backslash showed two), and printable."""
+    return Text(printable(text), style=style)
+
+
+def error_line(head: str, message: str) -> Text:
+    """``head`` in red, then a server's or a file's message as it is."""
+    return Text.assemble((head, "red"), " ", printable(message))
+
+
+def _table(*columns: str | Column, **options: Any) -> Table:
+    """A table whose cells fold onto more lines on a narrow terminal: cut with "…", a job id or a
+    label could no longer be read, or copied."""
+    folded = [Column(c, overflow="fold") if isinstance(c, str) else c for c in columns]
+    return Table(*folded, **options)
 
 
 #: The width of output that is not a terminal: wide enough never to cut a cell.
@@ -138,27 +155,25 @@ def trained(answer: TrainResponse) -> RenderableType:
 
 
 def predictions(texts: Sequence[str], found: Sequence[Prediction], top_k: int) -> Table:
-    # A label has no spaces to wrap at: folded, not cut short with "…", on a narrow terminal.
-    also = [Column("also", overflow="fold")] if top_k > 1 else []
-    table = Table("#", "text", Column("label", overflow="fold"), "score", *also)
+    table = _table("#", "text", "label", "score", *(["also"] if top_k > 1 else []))
     for index, (text, prediction) in enumerate(zip(texts, found, strict=True), start=1):
-        # An abstention still shows the label it would have given, whose score that is. Labels
-        # are the tenant's strings, printed through shown().
-        best = shown(prediction.top[0].label) if prediction.top else "?"
+        # An abstention still shows the label it would have given, whose score that is.
+        best = prediction.top[0].label if prediction.top else "?"
         label = (
-            f"[dim](none of these; {best}?)[/dim]"
+            plain(f"(none of these; {best}?)", style="dim")
             if prediction.abstained
-            else shown(str(prediction.label))
+            else plain(str(prediction.label))
         )
-        row = [str(index), shown(_cut(text)), label, f"{prediction.score:.3f}"]
+        row: list[RenderableType] = [str(index), plain(_cut(text)), label]
+        row.append(f"{prediction.score:.3f}")
         if top_k > 1:
-            row.append(", ".join(f"{shown(t.label)} {t.score:.2f}" for t in prediction.top[1:]))
+            row.append(plain(", ".join(f"{t.label} {t.score:.2f}" for t in prediction.top[1:])))
         table.add_row(*row)
     return table
 
 
 def heads(found: HeadsResponse) -> Table:
-    table = Table("head", "latest", "versions", "kind", "labels", "aliases", "created")
+    table = _table("head", "latest", "versions", "kind", "labels", "aliases", "created")
     for head in found.heads:
         latest = head.versions[-1]
         table.add_row(
@@ -174,7 +189,7 @@ def heads(found: HeadsResponse) -> Table:
 
 
 def head(found: HeadSummary) -> RenderableType:
-    table = Table(
+    table = _table(
         "version",
         "kind",
         "labels",
@@ -198,8 +213,8 @@ def head(found: HeadSummary) -> RenderableType:
             ", ".join(version.aliases),
         )
     latest = found.versions[-1]
-    labels = shown(", ".join(latest.labels))
-    return Group(table, f"labels of version {latest.version}: {labels}")
+    labels = ", ".join(latest.labels)
+    return Group(table, plain(f"labels of version {latest.version}: {labels}"))
 
 
 def _phase(state: JobResponse) -> str:
@@ -207,7 +222,7 @@ def _phase(state: JobResponse) -> str:
 
 
 def job(state: JobResponse) -> Table:
-    rows = [
+    rows: list[tuple[str, RenderableType]] = [
         ("job", state.job),
         ("head", state.head),
         ("kind", state.kind),
@@ -219,7 +234,7 @@ def job(state: JobResponse) -> Table:
     if state.version is not None:
         rows.append(("version", str(state.version)))
     if state.error is not None:
-        rows.append(("error", f"{state.error.code}: {shown(state.error.message)}"))
+        rows.append(("error", plain(f"{state.error.code}: {state.error.message}")))
     return _fields(*rows)
 
 
@@ -228,7 +243,7 @@ def jobs(found: JobsResponse) -> RenderableType:
         return "no jobs"
     failed = any(state.error is not None for state in found.jobs)
     columns = ["job", "head", "kind", "status", "phase", "examples", "version", "created"]
-    table = Table(*columns, *(["error"] if failed else []))
+    table = _table(*columns, *(["error"] if failed else []))
     for state in found.jobs:
         row = [
             state.job,
@@ -249,7 +264,7 @@ def jobs(found: JobsResponse) -> RenderableType:
 def evaluation(answer: EvaluateResponse) -> RenderableType:
     """Accuracy and macro-F1, the per-label table, and the confusion matrix if it is small."""
     ece = answer.expected_calibration_error
-    summary = [
+    summary: list[tuple[str, RenderableType]] = [
         ("head", answer.head),
         ("version", str(answer.version)),
         ("examples", str(answer.n_examples)),
@@ -281,16 +296,20 @@ def evaluation(answer: EvaluateResponse) -> RenderableType:
     if answer.unknown_labels:
         summary.append(("unknown labels", _count_and_names(answer.unknown_labels)))
     parts: list[RenderableType] = [_fields(*summary)]
-    label_column = Column("label", overflow="fold")
-    table = Table(label_column, "precision", "recall", "f1", "support", title="per label")
+    table = _table("label", "precision", "recall", "f1", "support", title="per label")
     unseen = [label for label, metrics in answer.per_label.items() if metrics.support == 0]
     if unseen:  # a 77-label head scored on a few labels' examples: keep the table readable
-        table.caption = f"{len(unseen)} labels without examples here are not shown"
+        labels_are = (
+            "label without examples here is"
+            if len(unseen) == 1
+            else "labels without examples here are"
+        )
+        table.caption = f"{len(unseen)} {labels_are} not shown"
     for label, metrics in answer.per_label.items():
         if metrics.support == 0:
             continue
         table.add_row(
-            shown(label),
+            plain(label),
             f"{metrics.precision:.3f}",
             f"{metrics.recall:.3f}",
             f"{metrics.f1:.3f}",
@@ -299,17 +318,18 @@ def evaluation(answer: EvaluateResponse) -> RenderableType:
     parts.append(table)
     matrix, labels = answer.confusion_matrix, answer.labels
     if matrix is not None and len(labels) <= MAX_MATRIX_LABELS:
-        grid = Table("true \\ predicted", *map(shown, labels), title="confusion matrix")
+        headers = [Column(plain(label), overflow="fold") for label in labels]
+        grid = _table("true \\ predicted", *headers, title="confusion matrix")
         for label, counts in zip(labels, matrix, strict=True):
-            grid.add_row(shown(label), *map(str, counts))
+            grid.add_row(plain(label), *map(str, counts))
         parts.append(grid)
     elif matrix is not None:
         parts.append(f"confusion matrix: {len(labels)} labels, shown with --json only")
     return Group(*parts)
 
 
-def _report_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
-    rows = []
+def _report_rows(report: Mapping[str, Any]) -> list[tuple[str, RenderableType]]:
+    rows: list[tuple[str, RenderableType]] = []
     for name in ("train_accuracy", "cv_accuracy", "cv_macro_f1"):
         if isinstance(report.get(name), int | float):
             rows.append((name.replace("_", " "), f"{report[name]:.3f}"))
@@ -322,22 +342,22 @@ def _report_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
             row += f" (refuses about {abstain['out_of_scope_rejected']:.0%} of unseen intents)"
         rows.append(("abstains", row))
     for warning in report.get("warnings", []) or []:
-        rows.append(("warning", f"[yellow]{shown(warning)}[/yellow]"))
+        rows.append(("warning", plain(warning, style="yellow")))
     return rows
 
 
-def _fields(*rows: tuple[str, str]) -> Table:
+def _fields(*rows: tuple[str, RenderableType]) -> Table:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")
     for name, value in rows:
         table.add_row(name, value)
     return table
 
 
-def _count_and_names(labels: Sequence[str], count: int = 8) -> str:
-    names = shown(", ".join(labels[:count])) + (", ..." if len(labels) > count else "")
-    return f"{len(labels)} ({names})"
+def _count_and_names(labels: Sequence[str], count: int = 8) -> Text:
+    names = ", ".join(labels[:count]) + (", ..." if len(labels) > count else "")
+    return plain(f"{len(labels)} ({names})")
 
 
 def _cut(text: str) -> str:

@@ -15,6 +15,9 @@ A request that passes is replayed to BentoML unchanged. Each request gets an ``X
 (the caller's, if it sent a sane one) and one JSON access-log line with tenant, head, version,
 status and latency, never the body (unless ``GRAFT_LOG_PAYLOADS`` is on) and never a key; and it
 counts in ``graft_requests_total`` by route, status and tenant (opted-in tenants only).
+
+Paths outside ``/v1`` are BentoML's (probes, /metrics, its index page); its 404 and 405 for
+them are answered in the JSON error shape too.
 """
 
 from __future__ import annotations
@@ -91,8 +94,11 @@ class Gateway:
             await self.app(scope, receive, self._bind_on_startup(send))
             return
         path = scope.get("path", "")
-        if scope["type"] != "http" or not _is_api_path(path):
-            await self.app(scope, receive, send)  # BentoML's own: /readyz, /metrics, docs
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if not _is_api_path(path):  # BentoML's own: /readyz, /metrics, its index page
+            await self.app(scope, receive, _refusals_as_json(scope, send))
             return
         model = REQUEST_MODELS.get(path)
         started = time.perf_counter()
@@ -188,6 +194,37 @@ class Gateway:
             record["head"] = _head_named_in(body)
             raise validation_error(exc, model) from None
         return body
+
+
+def _refusals_as_json(scope: Scope, send: Send) -> Send:
+    """BentoML's answer to a path outside /v1, but its 404 and 405 (plain text) in Graft's JSON
+    error shape, as every refusal is: ``GET /wp-login.php``, ``POST /readyz``."""
+    replaced = False
+
+    async def send_json_refusals(message: Message) -> None:
+        nonlocal replaced
+        if message["type"] == "http.response.start" and message["status"] in (404, 405):
+            replaced = True
+            path, method = _shown(scope["path"]), scope["method"]
+            allow = Headers(raw=message.get("headers", [])).get("allow", "")
+            exc: GraftError = (
+                RouteNotFound(f"{path} is not a Graft route")
+                if message["status"] == 404
+                else MethodNotAllowed(f"{path} takes {allow or 'another method'}, not {method}")
+            )
+            body = json.dumps(exc.to_body()).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ]
+            if allow:
+                headers.append((b"allow", allow.encode("latin-1")))
+            await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        elif not replaced:  # the replaced answer's own body is dropped
+            await send(message)
+
+    return send_json_refusals
 
 
 def _head_named_in(body: bytes) -> str | None:

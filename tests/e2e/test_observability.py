@@ -265,9 +265,17 @@ def test_a_path_that_is_no_route_is_a_json_404_counted_as_one_route(server, traf
         answer = server.post(path, {})
         assert (answer.status_code, answer.json()["error"]["code"]) == (404, "route_not_found")
     assert len(answer.json()["error"]["message"]) < 300
-    # Paths outside /v1 are BentoML's to answer; made up, they must not become series either.
+    # Paths outside /v1 are BentoML's to answer, its refusals in Graft's JSON shape (they were
+    # plain text); made up, they must not become series either.
     for path in ("/wp-login.php", "/static_content/scan-123", "/readyz/scan-456"):
-        assert httpx.get(f"{server.url}{path}").status_code == 404
+        outside = httpx.get(f"{server.url}{path}")
+        assert (outside.status_code, outside.json()["error"]["code"]) == (404, "route_not_found")
+    probe = httpx.put(f"{server.url}/readyz")
+    assert (probe.status_code, probe.headers["allow"]) == (405, "GET, HEAD")
+    assert probe.json()["error"] == {
+        "code": "method_not_allowed",
+        "message": "/readyz takes GET, HEAD, not PUT",
+    }
     after = samples(server)
     made_up = ("tarin", "x" * 100, "wp-login", "scan-123", "scan-456")
     labelled = {v for _, labels in after for _, v in labels}

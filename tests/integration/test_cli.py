@@ -18,7 +18,7 @@ from bench.server import GRAFT
 from service import cli_remote, cli_render
 from service.cli import app
 from service.client import GraftAPIError, GraftClient
-from service.schemas import Prediction
+from service.schemas import JobResponse, JobsResponse, Prediction
 
 SENTIMENT = [
     ("I love this, it works perfectly", "positive"),
@@ -99,6 +99,7 @@ def test_train_predict_show_and_delete(made, tmp_path):
     for only in ([], ["--version", "1"]):  # its only version: deleting it deletes the head
         kept = graft("heads", "delete", "mood", *only, "--tenant", "cli", input="n\n")
         assert kept.exit_code == 1 and "Aborted" in kept.output
+        assert kept.stdout == ""  # click's prompt wrote the space after its question here
     assert "Delete version 1 of head 'mood'?" in kept.stderr
     assert graft("heads", "show", "mood", "--tenant", "cli").exit_code == 0
     deleted = graft("heads", "delete", "mood", "--yes", "--json", "--tenant", "cli")
@@ -313,6 +314,39 @@ def test_a_label_with_a_tab_or_an_escape_character_stays_in_its_row(made, tmp_pa
     assert len(rows) == 2  # one line per text
     assert "│ good\\tday   │" in rows[0] and "bad\\x1b[31m 0." in rows[0]
     assert "\x1b" not in found.stdout and "\t" not in found.stdout
+
+
+def drawn(renderable: Any, width: int = 200) -> str:
+    console = Console(file=io.StringIO(), width=width)
+    console.print(renderable)
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_a_label_ending_in_a_backslash_is_shown_with_one():
+    """Escaped as markup, a trailing backslash was doubled and rich printed both."""
+    top = [{"label": "C:\\", "score": 0.7}, {"label": "D:\\", "score": 0.3}]
+    found = Prediction(label="C:\\", score=0.7, abstained=False, top=top)
+    (row,) = [line for line in drawn(cli_render.predictions(["x"], [found], 2)).splitlines()[3:4]]
+    assert "│ C:\\ " in row and "│ D:\\ 0.30 │" in row and "\\\\" not in row
+    refused = Prediction(label=None, score=0.7, abstained=True, top=top)
+    assert "(none of these; C:\\?)" in drawn(cli_render.predictions(["x"], [refused], 1))
+
+
+def test_job_ids_fold_on_a_narrow_terminal_so_they_can_be_copied():
+    job = "7c9f0e2b4d5a4e6f8a1b3c5d7e9f0a2b"
+    state = JobResponse.model_validate(
+        {
+            "job": job,
+            **{"head": "intents", "kind": "linear", "status": "succeeded", "n_examples": 9},
+            "progress": {"phase": "done", "fraction": 1.0},
+            **{"created": "2026-12-04T12:00:00", "updated": "2026-12-04T12:00:01"},
+            **{"finished": None, "error": None, "version": 1, "result": None},
+        }
+    )
+    lines = drawn(cli_render.jobs(JobsResponse(jobs=[state])), width=60).splitlines()
+    assert "…" not in "".join(lines)
+    cells = [line.split("│")[1].strip() for line in lines if line.startswith("│")]
+    assert "".join(cells) == job
 
 
 def test_a_long_label_on_a_narrow_terminal_is_folded_not_cut():
