@@ -16,6 +16,7 @@ from sklearn.metrics import (
 from sklearn.preprocessing import MultiLabelBinarizer
 
 from adapters.base import Head, TrainingDataError
+from adapters.scope import OUT_OF_SCOPE, answers, learns_out_of_scope
 
 #: Confidence bins of the expected calibration error.
 ECE_BINS = 10
@@ -55,6 +56,12 @@ def check_truth(head: Head, truth: Sequence[Any]) -> None:
             f"example {lists.index(False)}: a multilabel head is judged on a list of "
             '"labels" per example, not one "label"'
         )
+    if OUT_OF_SCOPE in truth:
+        raise TrainingDataError(
+            f"example {list(truth).index(OUT_OF_SCOPE)}: evaluate judges out-of-scope examples "
+            'under a label the head was never taught ("out_of_scope", say), not as '
+            '"out_of_scope": true; refusing them counts as right'
+        )
     if not head.multilabel and any(lists):
         raise TrainingDataError(
             f"example {lists.index(True)}: this {head.kind} head answers one label per input; "
@@ -78,18 +85,21 @@ def evaluate_head(
     if head.multilabel:
         return _evaluate_multilabel(head, proba, truth, abstain_threshold)
     y_true = np.asarray([str(v) for v in truth], dtype=object)
-    y_pred = np.asarray(head.classes_, dtype=object)[proba.argmax(axis=1)]
+    best, score = answers(head.classes_, proba)
+    y_pred = np.asarray(head.classes_, dtype=object)[best]
     labels = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
     )
-    confidence = proba.max(axis=1)
+    confidence = proba[np.arange(len(proba)), best]
     correct = y_pred == y_true
     unknown = ~np.isin(y_true, np.asarray(head.classes_, dtype=object))
     threshold = head.abstain_threshold_ if abstain_threshold is None else abstain_threshold
+    if threshold is None and learns_out_of_scope(head.classes_):
+        threshold = 0.0  # it refuses what its out-of-scope class wins, whatever the threshold
     abstention = None
     if threshold is not None:
-        abstention = _abstention(threshold, confidence, correct, unknown)
+        abstention = _abstention(threshold, score, correct, unknown)
     return Evaluation(
         n_examples=len(y_true),
         accuracy=float(accuracy_score(y_true, y_pred)),

@@ -21,6 +21,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from adapters.base import Head, tempered
 from adapters.hybrid import TextFeatures
+from adapters.scope import OUT_OF_SCOPE, answers, labels_of
 from adapters.stopping import checkpoint
 from adapters.tuned import TokenStates
 
@@ -93,7 +94,8 @@ def why_no_folds(labels: Sequence[str], n_examples: int) -> str:
     if n_examples > MAX_CV_EXAMPLES:
         return f"which Graft skips above {MAX_CV_EXAMPLES:,} examples (this set has {n_examples:,})"
     single = sorted(label for label, n in Counter(labels).items() if n < 2)
-    shown = ", ".join(repr(label) for label in single[:3]) + (", ..." if len(single) > 3 else "")
+    named = ["out_of_scope" if label == OUT_OF_SCOPE else repr(label) for label in single]
+    shown = ", ".join(named[:3]) + (", ..." if len(single) > 3 else "")
     verb = "has" if len(single) == 1 else "have"
     return f"which needs at least 2 examples of every label ({shown} {verb} only 1)"
 
@@ -167,6 +169,8 @@ class AbstainCalibration:
     out_of_scope_rejected: float | None
     #: Estimated share of in-scope queries it would refuse (right or wrong answers).
     in_scope_rejected: float
+    #: Share of the out-of-scope examples it refuses out of fold; None without any.
+    out_of_scope_examples_rejected: float | None = None
 
     def to_dict(self) -> dict[str, float | None]:
         # The threshold to 6 places: a few-shot head's can be 0.99997, which 4 would show as 1.
@@ -192,19 +196,28 @@ def calibrate_abstention(
     deployed head meets a query about an intent it was never taught. The threshold is the
     highest that costs at most ``ABSTAIN_IN_SCOPE_LOSS`` of the in-scope answers that were
     right; wrong answers that fall below it are refused at no cost.
+
+    Out-of-scope examples (:data:`~adapters.scope.OUT_OF_SCOPE`) are no in-scope queries:
+    the right answers their class refuses out of fold spend the budget first, and the share of
+    them refused is reported.
     """
     scored = scored_rows(len(y), teach_only)
-    proba = tempered(result.proba, temperature)
-    confidence = proba.max(axis=1)
-    right = np.asarray(result.classes, dtype=object)[proba.argmax(axis=1)] == y[scored]
-    affordable = int(ABSTAIN_IN_SCOPE_LOSS * len(scored))
-    right_conf = np.sort(confidence[right])
+    best, confidence = answers(result.classes, tempered(result.proba, temperature))
+    truth = y[scored]
+    in_scope = truth != OUT_OF_SCOPE
+    right = np.asarray(result.classes, dtype=object)[best] == truth
+    affordable = int(ABSTAIN_IN_SCOPE_LOSS * in_scope.sum())
+    right_conf = np.sort(confidence[right & in_scope])
     threshold = float(right_conf[affordable]) if affordable < len(right_conf) else 0.0
+    threshold = max(threshold, 0.0)  # the class's refusals alone spent the budget
     unseen = _unseen_label_confidences(make, X, y, temperature, scored, on_round)
     return AbstainCalibration(
         threshold=threshold,
         out_of_scope_rejected=float(np.mean(unseen < threshold)) if len(unseen) else None,
-        in_scope_rejected=float(np.mean(confidence < threshold)),
+        in_scope_rejected=float(np.mean(confidence[in_scope] < threshold)),
+        out_of_scope_examples_rejected=(
+            float(np.mean(confidence[~in_scope] < threshold)) if (~in_scope).any() else None
+        ),
     )
 
 
@@ -222,7 +235,7 @@ def _unseen_label_confidences(
     scored: np.ndarray,
     on_round: Callable[[], None] | None,
 ) -> np.ndarray:
-    classes = sorted(set(y.tolist()))
+    classes = labels_of(sorted(set(y.tolist())))  # the out-of-scope class is never held out
     rounds = holdout_rounds(len(classes))
     if not rounds:
         return np.zeros(0, dtype=np.float32)  # holding one out would leave a single label
@@ -235,7 +248,7 @@ def _unseen_label_confidences(
         # The holdout heads are not calibrated on their own: the full head's temperature is.
         head.temperature_ = temperature
         asked = scored[unseen[scored]]
-        found.append(head.predict_proba(X[asked]).max(axis=1))
+        found.append(answers(head.classes_, head.predict_proba(X[asked]))[1])
         if on_round is not None:
             on_round()
     return np.concatenate(found)

@@ -18,6 +18,7 @@ import numpy as np
 
 from adapters import HEAD_KINDS, Head, TextFeatures, TokenStates, TrainingDataError
 from adapters.base import a_head_of
+from adapters.scope import OUT_OF_SCOPE, labels_of
 from adapters.selection import (
     CVResult,
     Features,
@@ -92,6 +93,8 @@ class TrainingReport:
     fit_ms: float
     #: Rows taught but never scored (label descriptions): not in ``examples_per_label``.
     label_descriptions: int = 0
+    #: Examples of no label ("out_of_scope"), which the head learns to refuse.
+    out_of_scope_examples: int = 0
     candidates: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -114,6 +117,7 @@ def data_warnings(inputs: Sequence[Hashable], labels: Sequence[Hashable]) -> lis
     if conflicts:
         warnings.append(f"{conflicts} input(s) appear under more than one label")
     counts = _label_counts(labels)
+    counts.pop(OUT_OF_SCOPE, None)
     single = sorted(label for label, n in counts.items() if n == 1)
     if single:
         shown = ", ".join(single[:5]) + (", ..." if len(single) > 5 else "")
@@ -228,10 +232,11 @@ def _fit_head(
     elif abstain is not False and abstain is not True:
         head.abstain_threshold_ = float(abstain)
         calibration = {"threshold": float(abstain)}
+    example_counts = _label_counts(y[scored].tolist())
     report = TrainingReport(
         kind=chosen_kind,
         params=head.reported_params,
-        examples_per_label=_label_counts(y[scored].tolist()),
+        examples_per_label={k: n for k, n in example_counts.items() if k != OUT_OF_SCOPE},
         train_accuracy=_train_accuracy(head, features, y, scored, taught),
         cv_folds=folds,
         cv_accuracy=round(best.accuracy, 4) if best else None,
@@ -240,6 +245,7 @@ def _fit_head(
         abstain=calibration,
         fit_ms=round((time.perf_counter() - started) * 1000, 1),
         label_descriptions=len(y) - len(scored),
+        out_of_scope_examples=example_counts.get(OUT_OF_SCOPE, 0),
         candidates=[r.summary() for r in candidates] if len(candidates) > 1 else [],
         warnings=data_warnings([inputs[i] for i in scored], y[scored].tolist())
         + _abstain_warnings(calibration),
@@ -308,6 +314,11 @@ def check_label_form(kind: str, labels: Sequence[Any]) -> None:
     """A list of labels per example for ``multilabel``, a single label for every other kind."""
     for index, label in enumerate(labels):
         is_list = isinstance(label, list | tuple)
+        if kind == "multilabel" and label == OUT_OF_SCOPE:
+            raise TrainingDataError(
+                'a multilabel head learns "none of these" from examples with "labels": [], '
+                f'not "out_of_scope": true (example {index})'
+            )
         if kind == "multilabel" and not is_list:
             raise TrainingDataError(
                 'a multilabel head takes a list of labels per example ("labels": [...], maybe '
@@ -326,7 +337,7 @@ def check_label_count(kind: str, labels: Sequence[Any]) -> None:
         return
     cls = HEAD_KINDS.get(AUTO_DEFAULT if kind == "auto" else kind)
     needed = cls.min_labels if cls is not None else 2
-    found = len({str(label) for label in labels})
+    found = len(labels_of(sorted({str(label) for label in labels})))
     if found < needed:
         raise TrainingDataError(
             f"{a_head_of(kind)} needs at least {needed} distinct labels, got {found}"

@@ -9,6 +9,7 @@ from functools import partial
 import anyio
 import bentoml
 
+from adapters.scope import labels_of
 from service import bentoml_metrics
 from service.auth import Caller, KeyInfo
 from service.endpoint import endpoint
@@ -163,7 +164,7 @@ class Graft:
             texts, labels, request.inputs, request.kind, request.top_k, request.label_descriptions
         )
         return ClassifyResponse(
-            kind=fitted.kind, labels=fitted.classes_, predictions=_encode(ranked)
+            kind=fitted.kind, labels=labels_of(fitted.classes_), predictions=_encode(ranked)
         )
 
     @endpoint("/v1/embed", EmbedRequest, EmbedResponse)

@@ -30,6 +30,7 @@ from adapters import (
 )
 from adapters.base import TokenLayer
 from adapters.evaluation import Evaluation, check_truth, evaluate_head
+from adapters.scope import answers, label_columns, labels_of
 from adapters.selection import Features
 from adapters.stopping import FitStopped, stoppable
 from adapters.training import (
@@ -95,8 +96,9 @@ def rank(
     """Per-row predictions with the ``top_k`` labels of a probability matrix.
 
     A single-label head abstains (``label=None``) where its top probability is under
-    ``threshold`` (the call's, else the head's own); a multilabel head answers every label at
-    or over its per-label threshold, and abstains when there is none.
+    ``threshold`` (the call's, else the head's own), or where its out-of-scope class is
+    likelier than every label; that class is never ranked. A multilabel head answers every
+    label at or over its per-label threshold, and abstains when there is none.
     """
     classes = head.classes_
     if threshold is None:
@@ -104,10 +106,12 @@ def rank(
     cut = None
     if head.multilabel:
         cut = head.params["threshold"] if threshold is None else threshold
-    k = min(top_k, len(classes))
-    order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+    columns = label_columns(classes)
+    k = min(top_k, len(columns))
+    order = columns[np.argsort(-proba[:, columns], axis=1, kind="stable")[:, :k]]
+    _best, scores = answers(classes, proba)
     results = []
-    for row, ranked in zip(proba, order, strict=True):
+    for row, ranked, score in zip(proba, order, scores, strict=True):
         top = [(classes[i], float(row[i])) for i in ranked]
         label: str | None = top[0][0]
         labels = None
@@ -115,7 +119,7 @@ def rank(
             labels = [classes[i] for i in np.argsort(-row, kind="stable") if row[i] >= cut]
             abstained = not labels
         else:
-            abstained = threshold is not None and top[0][1] < threshold
+            abstained = score < (threshold or 0.0)
         results.append(
             RankedPrediction(
                 label=None if abstained else label,
@@ -418,7 +422,7 @@ class HeadService:
             train_ms = round((time.perf_counter() - started) * 1000, 1)
             new = NewVersion(
                 kind=fitted.kind,
-                labels=list(fitted.classes_),
+                labels=labels_of(fitted.classes_),
                 n_examples=data.n_examples,
                 backbone=self.backbone.name,
                 fingerprint=self.backbone.fingerprint,

@@ -27,6 +27,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from adapters.scope import OUT_OF_SCOPE
+
 #: Head, alias and tenant names: safe in a path, a log line or a query, never syntax.
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 #: Aliases start with a letter so that "3" is always a version number, never an alias.
@@ -196,6 +198,11 @@ class Example(Request):
     labels: list[Label] | None = Field(
         None, description="All the example's labels, possibly none (multilabel heads only)."
     )
+    out_of_scope: bool = Field(
+        False,
+        description="true, in place of a label: an input that belongs to none of the labels, "
+        "which the head learns to refuse (single-label kinds).",
+    )
 
     @field_validator("label", "labels", mode="before")
     @classmethod
@@ -207,12 +214,18 @@ class Example(Request):
 
     @model_validator(mode="after")
     def _one_label_field(self) -> Example:
-        if (self.label is None) == (self.labels is None):
-            raise ValueError("an example needs 'label' (or 'labels', multilabel), not both")
+        given = (self.label is not None) + (self.labels is not None) + self.out_of_scope
+        if given != 1:
+            raise ValueError(
+                "an example needs 'label' (or 'labels', multilabel, or \"out_of_scope\": true), "
+                "exactly one of them"
+            )
         return self
 
     @property
     def target(self) -> str | tuple[str, ...]:
+        if self.out_of_scope:
+            return OUT_OF_SCOPE
         return self.label if self.label is not None else tuple(self.labels or ())
 
     @field_validator("text")

@@ -616,3 +616,78 @@ def test_a_tuned_head_over_its_token_budget_is_refused_before_embedding(app, pat
     assert response.status_code == 400, response.text
     assert response.json()["error"]["limit"] == "tuned_padded_tokens"
     assert registry_snapshot(home) == before
+
+
+#: Questions of an intent no label covers, sent as out-of-scope examples (not the test's).
+REFUSE = [
+    {"text": row.text, "out_of_scope": True}
+    for row in few_shot(rows("train", {OUT_OF_SCOPE}), per_label=6, seed=0)
+]
+
+
+def test_out_of_scope_examples_teach_a_head_what_to_refuse(app):
+    client, _home = app
+    response = client.post(
+        "/v1/heads/train", json={"head": "fenced", "examples": examples(TRAIN) + REFUSE}
+    )
+    assert response.status_code == 200, response.text
+    trained = response.json()
+    assert trained["labels"] == sorted(INTENTS)  # the out-of-scope class is no label
+    assert trained["n_examples"] == len(TRAIN) + 6
+    assert trained["report"]["out_of_scope_examples"] == 6
+    assert "" not in trained["report"]["examples_per_label"]
+    # No threshold: the out-of-scope class alone refuses the unseen intent's test questions.
+    unseen = predict(client, "fenced", UNSEEN, top_k=10)
+    refused = [p for p in unseen if p["abstained"]]
+    assert len(refused) >= 8  # of 10 "age limit" questions; measured 10
+    assert all(p["label"] is None for p in refused)
+    assert all(len(p["top"]) == 6 and "" not in {t["label"] for t in p["top"]} for p in unseen)
+    known = predict(client, "fenced", TEST)
+    assert sum(p["abstained"] for p in known) <= 1  # measured 0 of 30
+    assert accuracy(known, TEST) >= 0.85  # measured 1.0
+    # Evaluate counts them as refusals, right where the label is unknown to the head.
+    judged = client.post(
+        "/v1/heads/evaluate", json={"head": "fenced", "examples": examples(TEST + UNSEEN)}
+    ).json()
+    assert judged["labels"] == sorted({*INTENTS, OUT_OF_SCOPE})
+    assert judged["abstention"]["threshold"] == 0.0
+    assert judged["abstention"]["unknown_label_refused"] == len(refused) / 10
+    # A version grown from it keeps its out-of-scope examples.
+    added = few_shot(rows("train", {"exchange_rate"}), per_label=2, seed=5)
+    response = client.post(
+        "/v1/heads/train",
+        json={"head": "fenced", "examples": examples(added), "base_version": 1, "abstain": "auto"},
+    )
+    assert response.status_code == 200, response.text
+    grown = response.json()
+    assert grown["version"] == 2 and grown["report"]["out_of_scope_examples"] == 6
+    assert grown["report"]["abstain"]["out_of_scope_examples_rejected"] == 1.0
+    assert sum(p["abstained"] for p in predict(client, "fenced", UNSEEN)) >= len(refused)
+    # Where refusing is not wanted, a threshold of 0 still leaves the class its refusals.
+    again = predict(client, "fenced", UNSEEN, abstain_threshold=0)
+    assert [p["abstained"] for p in again] == [p["abstained"] for p in unseen]
+
+
+def test_out_of_scope_examples_in_the_wrong_place_are_refused(app):
+    client, home = app
+    train(client, "unfenced", "linear")
+    before = registry_snapshot(home)
+    both = {"text": "how old must I be", "label": "age_limit", "out_of_scope": True}
+    cases = [
+        ("/v1/heads/train", {"head": "x", "examples": [*examples(TRAIN), both]}),
+        ("/v1/heads/train", {"head": "x", "examples": LISTED + REFUSE, "kind": "multilabel"}),
+        ("/v1/heads/evaluate", {"head": "unfenced", "examples": examples(TEST) + REFUSE}),
+    ]
+    found = []
+    for path, body in cases:
+        response = client.post(path, json=body)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        found.append((error["code"], error["field"]))
+        assert "out_of_scope" in error["message"]
+    assert found == [
+        ("invalid_request", f"examples.{len(TRAIN)}"),
+        ("invalid_examples", "examples"),
+        ("invalid_examples", "examples"),
+    ]
+    assert registry_snapshot(home) == before

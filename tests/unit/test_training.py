@@ -23,6 +23,7 @@ from adapters import (
     head_from_state,
 )
 from adapters.evaluation import evaluate_head, expected_calibration_error
+from adapters.scope import OUT_OF_SCOPE, REFUSED, answers
 from adapters.selection import cross_validate
 from adapters.stopping import FitStopped, stoppable
 from adapters.training import CANDIDATES, check_abstain_option, fit_head
@@ -499,3 +500,70 @@ def test_a_prototype_head_with_descriptions_is_calibrated_on_its_examples(featur
     proba = head.predict_proba(features.test_X)
     correct = np.asarray(head.classes_)[proba.argmax(axis=1)] == np.asarray(features.test_y)
     assert expected_calibration_error(proba.max(axis=1), correct) < 0.1
+
+
+def taught_out_of_scope(features, intent: str = "age_limit") -> tuple[list[int], list[str]]:
+    """Rows without ``change_pin`` (never taught), with ``intent``'s examples out of scope."""
+    keep = [i for i, label in enumerate(features.train_y) if label != "change_pin"]
+    labels = [OUT_OF_SCOPE if features.train_y[i] == intent else features.train_y[i] for i in keep]
+    return keep, labels
+
+
+@pytest.mark.parametrize("kind", ["linear", "prototype", "mlp", "hybrid"])
+def test_out_of_scope_examples_teach_every_kind_to_refuse_them(features, kind):
+    keep, labels = taught_out_of_scope(features)
+    texts = [features.train_text[i] for i in keep]
+    with_texts = kind == "hybrid"
+    X = TextFeatures.of(features.train_X[keep], texts) if with_texts else features.train_X[keep]
+    head, report = fit_head(kind, X, labels, texts)
+    assert OUT_OF_SCOPE in head.classes_ and len(head.classes_) == 7
+    assert report.out_of_scope_examples == 12
+    assert sorted(report.examples_per_label) == sorted(set(labels) - {OUT_OF_SCOPE})
+    test = TextFeatures.of(features.test_X, features.test_text) if with_texts else features.test_X
+    best, score = answers(head.classes_, head.predict_proba(test))
+    truth = np.asarray(features.test_y)
+    taught = truth == "age_limit"
+    known = ~np.isin(truth, ["age_limit", "change_pin"])
+    # Measured: all 10 refused; no known question refused; 58 or 59 of 60 right (linear,
+    # prototype, mlp).
+    assert np.all(score[taught] == REFUSED)
+    assert np.mean(score[known] == REFUSED) <= 0.05
+    assert np.mean(np.asarray(head.classes_)[best][known] == truth[known]) >= 0.9
+
+
+def test_auto_abstention_counts_the_out_of_scope_class_and_reports_its_examples(features):
+    keep, labels = taught_out_of_scope(features)
+    head, report = fit_head(
+        "linear",
+        features.train_X[keep],
+        labels,
+        [features.train_text[i] for i in keep],
+        abstain="auto",
+    )
+    assert report.abstain is not None
+    assert report.abstain["out_of_scope_examples_rejected"] == 1.0
+    # In-scope refusals are estimated on the in-scope examples alone (2.8% measured).
+    assert report.abstain["in_scope_rejected"] <= 0.05
+    _best, score = answers(head.classes_, head.predict_proba(features.test_X))
+    refused = score < head.abstain_threshold_
+    truth = np.asarray(features.test_y)
+    # Measured: the never-taught change_pin 6 of 10 refused, known questions 1 of 60.
+    assert np.mean(refused[truth == "change_pin"]) >= 0.5
+    assert np.mean(refused[~np.isin(truth, ["age_limit", "change_pin"])]) <= 0.05
+    judged = evaluate_head(head, head.predict_proba(features.test_X), features.test_y)
+    assert judged.unknown_labels == ["age_limit", "change_pin"]
+    assert judged.abstention is not None
+    unknown = np.isin(truth, ["age_limit", "change_pin"])
+    assert judged.abstention["unknown_label_refused"] == np.mean(refused[unknown])
+    assert judged.labels == sorted(set(features.test_y))  # the class is never a prediction
+
+
+def test_out_of_scope_examples_are_refused_where_they_cannot_work(features):
+    with pytest.raises(TrainingDataError, match=r'"labels": \[\], not "out_of_scope": true'):
+        fit_head("multilabel", features.train_X[:2], [("a",), OUT_OF_SCOPE], ["x", "y"])
+    only_one = ["card_arrival"] * 3 + [OUT_OF_SCOPE] * 3
+    with pytest.raises(TrainingDataError, match="at least 2 distinct labels, got 1"):
+        fit_head("linear", features.train_X[:6], only_one, list("abcdef"))
+    head, _report = fit(features)
+    with pytest.raises(TrainingDataError, match="evaluate judges out-of-scope examples"):
+        evaluate_head(head, head.predict_proba(features.test_X[:1]), [OUT_OF_SCOPE])
