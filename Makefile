@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.graft-installed
 
-.PHONY: serve test lint bench bench-images bench-quality clean image image-test
+.PHONY: serve test lint bench bench-images bench-quality bench-out-of-scope clean image image-test
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -42,6 +42,11 @@ bench-images: $(STAMP)
 bench-quality: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench,quality]'
 	$(BIN)/python -m bench.quality
+
+# About 3 minutes: abstention with and without out-of-scope examples; rewrites
+# bench/RESULTS-out-of-scope.md.
+bench-out-of-scope: $(STAMP)
+	$(BIN)/python -m bench.out_of_scope
 
 # The container (Dockerfile), built and run with buildah; see the README's "Container" section.
 image:

@@ -26,12 +26,17 @@ def read_examples(
     path: Path, text_column: str = "text", label_column: str = "label"
 ) -> list[dict[str, Any]]:
     """``[{"text", "label"}]`` from every row; a JSON list of labels becomes ``"labels"``
-    (multilabel heads)."""
+    (multilabel heads), and a JSON row with ``"out_of_scope": true`` in place of its label an
+    out-of-scope example."""
     examples = []
     for where, row in _rows(path):
-        text, label = _field(row, text_column, where), _field(row, label_column, where)
+        text = _field(row, text_column, where)
         if not isinstance(text, str) or not text.strip():
             raise DataFileError(f"{where}: {text_column!r} is empty")
+        if row.get("out_of_scope") is True and label_column not in row:
+            examples.append({"text": text, "out_of_scope": True})
+            continue
+        label = _field(row, label_column, where)
         if label is None or (isinstance(label, str) and not label.strip()):
             raise DataFileError(f"{where}: {label_column!r} is empty")
         if isinstance(label, list):

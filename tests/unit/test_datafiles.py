@@ -30,6 +30,12 @@ def test_tsv_jsonl_and_json(tmp_path):
         {"text": "hi", "labels": ["a", "b"]},  # multilabel heads take lists
         {"text": "yo", "label": "c"},
     ]
+    fenced = tmp_path / "fenced.jsonl"
+    fenced.write_text('{"text": "yo", "label": "c"}\n{"text": "weather?", "out_of_scope": true}\n')
+    assert read_examples(fenced) == [
+        {"text": "yo", "label": "c"},
+        {"text": "weather?", "out_of_scope": True},  # in place of a label, not beside one
+    ]
     array = tmp_path / "data.json"
     array.write_text('[{"text": "hi", "label": "a"}]')
     assert read_examples(array) == [{"text": "hi", "label": "a"}]
@@ -52,6 +58,7 @@ def test_text_files_hold_one_input_a_line(tmp_path):
         ("f.xlsx", "", r"unknown format '.xlsx'"),
         ("g.csv", "text,label\n", r"g.csv: no examples"),
         ("h.jsonl", '{"text": "hi", "label": ""}\n', r"h.jsonl:1: 'label' is empty"),
+        ("i.jsonl", '{"text": "hi", "out_of_scope": "yes"}\n', r"i.jsonl:1: no column 'label'"),
     ],
 )
 def test_problems_name_the_file_and_line(tmp_path, name, content, message):
