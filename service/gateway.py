@@ -207,6 +207,8 @@ def _refusals_as_json(scope: Scope, send: Send) -> Send:
             replaced = True
             path, method = _shown(scope["path"]), scope["method"]
             allow = Headers(raw=message.get("headers", [])).get("allow", "")
+            # Starlette lists a route's methods from a set, in an order that varies by process.
+            allow = ", ".join(sorted(m.strip() for m in allow.split(",") if m.strip()))
             exc: GraftError = (
                 RouteNotFound(f"{path} is not a Graft route")
                 if message["status"] == 404

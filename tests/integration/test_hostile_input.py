@@ -275,7 +275,7 @@ def test_an_example_shaped_input_is_told_what_an_input_is(app):
             "/v1/heads/train",
             {"head": "hostile", "examples": [*EXAMPLES, {"text": "card?", "intent": "card"}]},
             "examples.4.intent",
-            "(this object takes text, image, label, labels)",
+            "(this object takes text, image, label, labels, out_of_scope)",
         ),
         (
             "/v1/heads/train",
