@@ -335,6 +335,8 @@ def _report_rows(report: Mapping[str, Any]) -> list[tuple[str, RenderableType]]:
             rows.append((name.replace("_", " "), f"{report[name]:.3f}"))
     if report.get("label_descriptions"):
         rows.append(("label descriptions", str(report["label_descriptions"])))
+    if report.get("out_of_scope_examples"):
+        rows.append(("out-of-scope examples", str(report["out_of_scope_examples"])))
     abstain = report.get("abstain")
     if isinstance(abstain, Mapping) and isinstance(abstain.get("threshold"), int | float):
         row = f"below {abstain['threshold']:.4f}"

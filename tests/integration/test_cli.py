@@ -361,3 +361,26 @@ def test_a_long_label_on_a_narrow_terminal_is_folded_not_cut():
     assert "…" not in drawn
     cells = [line.split("│")[3].strip() for line in drawn.splitlines() if line.startswith("│")]
     assert "".join(cells) == label
+
+
+def test_train_from_json_lines_with_out_of_scope_rows(made, tmp_path):
+    rows = [{"text": text, "label": label} for text, label in SENTIMENT]
+    rows += [
+        {"text": text, "out_of_scope": True}
+        for text in (
+            "Will it rain in Paris tomorrow?",
+            "What is the capital of Peru?",
+            "How do I boil an egg?",
+        )
+    ]
+    data = tmp_path / "fenced.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    trained = graft("train", "--head", "fenced", "--file", str(data))
+    assert trained.exit_code == 0, trained.output
+    assert "out-of-scope examples  3" in trained.stdout
+    found = graft("predict", "--head", "fenced", "Is it going to snow in Rome this weekend?")
+    assert found.exit_code == 0, found.output
+    (row,) = [line for line in found.stdout.splitlines() if line.startswith("│ 1 ")]
+    assert "(none of these; " in row  # refused by the out-of-scope class, no threshold set
+    kept = graft("predict", "--head", "fenced", "--json", "Great app, I love it")
+    assert json.loads(kept.stdout)["predictions"][0]["label"] == "positive"
