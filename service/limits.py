@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from adapters.scope import OUT_OF_SCOPE
 from service.errors import LimitExceeded
 from service.settings import Settings
 
@@ -52,6 +53,7 @@ class Limits:
         distinct = {
             one for label in labels for one in (label if isinstance(label, tuple) else (label,))
         }
+        distinct.discard(OUT_OF_SCOPE)  # "none of these" is no label
         self._check_count(
             len(distinct),
             self.settings.max_labels,

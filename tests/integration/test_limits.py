@@ -183,3 +183,15 @@ def test_a_base_version_counts_towards_the_examples_limit(small):
         "is 12"
     )
     assert registry_snapshot(home) == before
+
+
+def test_out_of_scope_examples_are_no_label_to_the_labels_limit(small):
+    client, _home = small
+    away = {"text": "weather in Oslo?", "out_of_scope": True}
+    fenced = [*examples(3, 2), away, {**away, "text": "a cake recipe?"}]
+    response = client.post(
+        "/v1/heads/train", json={"head": "fenced", "examples": fenced}, headers={"X-Tenant-ID": "f"}
+    )
+    assert response.status_code == 200, response.text  # 3 labels, and the class is none
+    assert response.json()["labels"] == ["label-0", "label-1", "label-2"]
+    assert response.json()["report"]["out_of_scope_examples"] == 2
