@@ -51,16 +51,16 @@ def check_truth(head: Head, truth: Sequence[Any]) -> None:
     """Refuse true labels in the wrong form for ``head``: lists for a single-label head, or
     single labels for a multilabel one."""
     lists = [isinstance(v, list | tuple) for v in truth]
-    if head.multilabel and not all(lists):
-        raise TrainingDataError(
-            f"example {lists.index(False)}: a multilabel head is judged on a list of "
-            '"labels" per example, not one "label"'
-        )
     if OUT_OF_SCOPE in truth:
         raise TrainingDataError(
             f"example {list(truth).index(OUT_OF_SCOPE)}: evaluate judges out-of-scope examples "
             'under a label the head was never taught ("out_of_scope", say), not as '
             '"out_of_scope": true; refusing them counts as right'
+        )
+    if head.multilabel and not all(lists):
+        raise TrainingDataError(
+            f"example {lists.index(False)}: a multilabel head is judged on a list of "
+            '"labels" per example, not one "label"'
         )
     if not head.multilabel and any(lists):
         raise TrainingDataError(

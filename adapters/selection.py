@@ -9,6 +9,7 @@ estimate accuracy and macro-F1, fit the softmax temperature, and set an abstenti
 from __future__ import annotations
 
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -82,10 +83,15 @@ class CVResult:
 
 
 def n_folds(labels: Sequence[str], n_examples: int) -> int:
-    """Folds for stratified CV, or 0 when it cannot (a label with one example) or should not."""
-    if n_examples > MAX_CV_EXAMPLES or not labels:
+    """Folds for stratified CV, or 0 when it cannot (a label with one example) or should not.
+
+    Out-of-scope examples do not set the count: a few of them are spread over the folds as
+    they fall, and a fold without any still scores the labels."""
+    counts = Counter(labels)
+    counts.pop(OUT_OF_SCOPE, None)
+    if n_examples > MAX_CV_EXAMPLES or not counts:
         return 0
-    smallest = min(Counter(labels).values())
+    smallest = min(counts.values())
     return min(MAX_FOLDS, smallest) if smallest >= 2 else 0
 
 
@@ -93,9 +99,8 @@ def why_no_folds(labels: Sequence[str], n_examples: int) -> str:
     """Why :func:`n_folds` gives 0 for these labels, in words a caller can act on."""
     if n_examples > MAX_CV_EXAMPLES:
         return f"which Graft skips above {MAX_CV_EXAMPLES:,} examples (this set has {n_examples:,})"
-    single = sorted(label for label, n in Counter(labels).items() if n < 2)
-    named = ["out_of_scope" if label == OUT_OF_SCOPE else repr(label) for label in single]
-    shown = ", ".join(named[:3]) + (", ..." if len(single) > 3 else "")
+    single = sorted(label for label, n in Counter(labels_of(labels)).items() if n < 2)
+    shown = ", ".join(repr(label) for label in single[:3]) + (", ..." if len(single) > 3 else "")
     verb = "has" if len(single) == 1 else "have"
     return f"which needs at least 2 examples of every label ({shown} {verb} only 1)"
 
@@ -120,7 +125,10 @@ def cross_validate(
     classes = sorted(set(y.tolist()))
     proba = np.zeros((len(scored), len(classes)), dtype=np.float32)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
-    for train, test in splitter.split(np.zeros(len(scored)), truth_labels):
+    with warnings.catch_warnings():  # fewer out-of-scope examples than folds: they may
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        splits = list(splitter.split(np.zeros(len(scored)), truth_labels))
+    for train, test in splits:
         checkpoint()
         learns_from = np.concatenate([scored[train], always])
         head = make().fit(X[learns_from], y[learns_from])
@@ -130,13 +138,24 @@ def cross_validate(
             on_fold()
     predicted = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
     truth = np.searchsorted(classes, truth_labels)
+    # Scored as a caller sees it: on in-scope examples, over the labels; an answer the
+    # out-of-scope class takes is wrong, and refusing an out-of-scope example is no answer.
+    asked = truth_labels != OUT_OF_SCOPE
     return CVResult(
         kind=kind,
         params=params,
         classes=classes,
         proba=proba,
-        accuracy=float(accuracy_score(truth_labels, predicted)),
-        macro_f1=float(f1_score(truth_labels, predicted, average="macro", zero_division=0)),
+        accuracy=float(accuracy_score(truth_labels[asked], predicted[asked])),
+        macro_f1=float(
+            f1_score(
+                truth_labels[asked],
+                predicted[asked],
+                labels=labels_of(classes),
+                average="macro",
+                zero_division=0,
+            )
+        ),
         log_loss=_nll(proba, truth),
         seconds=time.perf_counter() - started,
     )

@@ -115,7 +115,12 @@ def data_warnings(inputs: Sequence[Hashable], labels: Sequence[Hashable]) -> lis
         warnings.append(f"{duplicates} duplicated example(s) (same input, same label)")
     conflicts = sum(1 for found in labels_of.values() if len(found) > 1)
     if conflicts:
-        warnings.append(f"{conflicts} input(s) appear under more than one label")
+        warnings.append(
+            f"{conflicts} input(s) appear under more than one label (or under a label and as "
+            "out of scope)"
+            if OUT_OF_SCOPE in labels
+            else f"{conflicts} input(s) appear under more than one label"
+        )
     counts = _label_counts(labels)
     counts.pop(OUT_OF_SCOPE, None)
     single = sorted(label for label, n in counts.items() if n == 1)
@@ -337,10 +342,12 @@ def check_label_count(kind: str, labels: Sequence[Any]) -> None:
         return
     cls = HEAD_KINDS.get(AUTO_DEFAULT if kind == "auto" else kind)
     needed = cls.min_labels if cls is not None else 2
-    found = len(labels_of(sorted({str(label) for label in labels})))
+    distinct = {str(label) for label in labels}
+    found = len(labels_of(sorted(distinct)))
     if found < needed:
+        aside = " (out-of-scope examples are no label)" if OUT_OF_SCOPE in distinct else ""
         raise TrainingDataError(
-            f"{a_head_of(kind)} needs at least {needed} distinct labels, got {found}"
+            f"{a_head_of(kind)} needs at least {needed} distinct labels, got {found}{aside}"
         )
 
 
@@ -367,9 +374,10 @@ def _train_accuracy(
 ) -> float | None:
     if head.keeps_its_examples:
         return None
-    examples = features[scored] if taught is not None else features
+    asked = scored[y[scored] != OUT_OF_SCOPE]  # in-scope examples, as cv_accuracy counts
+    examples = features[asked] if len(asked) < len(y) else features
     predicted = np.asarray(head.classes_, dtype=object)[head.predict_proba(examples).argmax(axis=1)]
-    return round(float(np.mean(predicted == y[scored])), 4)
+    return round(float(np.mean(predicted == y[asked])), 4)
 
 
 def _choose(kind: str, candidates: list[CVResult], n_examples: int) -> CVResult | None:

@@ -342,6 +342,9 @@ def _report_rows(report: Mapping[str, Any]) -> list[tuple[str, RenderableType]]:
         row = f"below {abstain['threshold']:.4f}"
         if isinstance(abstain.get("out_of_scope_rejected"), int | float):
             row += f" (refuses about {abstain['out_of_scope_rejected']:.0%} of unseen intents)"
+        if isinstance(abstain.get("out_of_scope_examples_rejected"), int | float):
+            share = abstain["out_of_scope_examples_rejected"]
+            row += f"; refused {share:.0%} of its out-of-scope examples in cross-validation"
         rows.append(("abstains", row))
     for warning in report.get("warnings", []) or []:
         rows.append(("warning", plain(warning, style="yellow")))

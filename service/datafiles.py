@@ -33,7 +33,7 @@ def read_examples(
         text = _field(row, text_column, where)
         if not isinstance(text, str) or not text.strip():
             raise DataFileError(f"{where}: {text_column!r} is empty")
-        if row.get("out_of_scope") is True and label_column not in row:
+        if _out_of_scope(row, label_column, where):
             examples.append({"text": text, "out_of_scope": True})
             continue
         label = _field(row, label_column, where)
@@ -46,6 +46,16 @@ def read_examples(
     if not examples:
         raise DataFileError(f"{path}: no examples")
     return examples
+
+
+def _out_of_scope(row: dict[str, Any], label_column: str, where: str) -> bool:
+    """Whether a row is an out-of-scope example: ``"out_of_scope": true`` in place of a label."""
+    flag = row.get("out_of_scope", False)
+    if flag is not True and flag is not False:
+        raise DataFileError(f"{where}: 'out_of_scope' is true or false, not {flag!r}")
+    if flag and label_column in row:
+        raise DataFileError(f"{where}: {label_column!r} or 'out_of_scope': true, not both")
+    return flag
 
 
 def read_inputs(path: Path, text_column: str = "text") -> list[str]:

@@ -58,7 +58,16 @@ def test_text_files_hold_one_input_a_line(tmp_path):
         ("f.xlsx", "", r"unknown format '.xlsx'"),
         ("g.csv", "text,label\n", r"g.csv: no examples"),
         ("h.jsonl", '{"text": "hi", "label": ""}\n', r"h.jsonl:1: 'label' is empty"),
-        ("i.jsonl", '{"text": "hi", "out_of_scope": "yes"}\n', r"i.jsonl:1: no column 'label'"),
+        (
+            "i.jsonl",
+            '{"text": "hi", "out_of_scope": "yes"}\n',
+            r"i.jsonl:1: 'out_of_scope' is true or false, not 'yes'",
+        ),
+        (
+            "j.jsonl",
+            '{"text": "hi", "label": "x", "out_of_scope": true}\n',
+            r"j.jsonl:1: 'label' or 'out_of_scope': true, not both",
+        ),
     ],
 )
 def test_problems_name_the_file_and_line(tmp_path, name, content, message):

@@ -18,6 +18,7 @@ from adapters import (
     HeadState,
     LinearHead,
     MLPHead,
+    MultilabelHead,
     TextFeatures,
     TrainingDataError,
     head_from_state,
@@ -567,3 +568,30 @@ def test_out_of_scope_examples_are_refused_where_they_cannot_work(features):
     head, _report = fit(features)
     with pytest.raises(TrainingDataError, match="evaluate judges out-of-scope examples"):
         evaluate_head(head, head.predict_proba(features.test_X[:1]), [OUT_OF_SCOPE])
+
+
+def test_cross_validation_scores_in_scope_examples_over_the_labels(features):
+    keep, labels = taught_out_of_scope(features)
+    X, y = features.train_X[keep], np.asarray(labels, dtype=object)
+    found = cross_validate("linear", {}, LinearHead, X, y, 5)
+    predicted = np.asarray(found.classes, dtype=object)[found.proba.argmax(axis=1)]
+    asked = y != OUT_OF_SCOPE
+    named = sorted(set(labels) - {OUT_OF_SCOPE})
+    assert found.accuracy == accuracy_score(y[asked], predicted[asked])
+    assert found.macro_f1 == pytest.approx(
+        f1_score(y[asked], predicted[asked], labels=named, average="macro", zero_division=0)
+    )
+    # One out-of-scope example keeps the labels' folds (it turned cross-validation off).
+    in_scope = [i for i, label in enumerate(labels) if label != OUT_OF_SCOPE]
+    one = [*in_scope, labels.index(OUT_OF_SCOPE)]
+    _head, report = fit_head(
+        "linear", X[one], [labels[i] for i in one], [features.train_text[keep[i]] for i in one]
+    )
+    assert (report.cv_folds, report.out_of_scope_examples) == (5, 1)
+    assert report.cv_accuracy is not None and report.cv_accuracy >= 0.9
+
+
+def test_evaluate_names_out_of_scope_examples_before_the_label_form():
+    head = MultilabelHead().fit(np.eye(4, dtype=np.float32), [("a",), ("b",), ("a", "b"), ()])
+    with pytest.raises(TrainingDataError, match="evaluate judges out-of-scope examples"):
+        evaluate_head(head, head.predict_proba(np.eye(4, dtype=np.float32)[:1]), [OUT_OF_SCOPE])
