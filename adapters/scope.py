@@ -9,7 +9,8 @@ Reading a head's probabilities, the class is never an answer: a row's answer is 
 label, with that label's probability as its score, and the row is refused where the class is
 likelier than every label. Held-out-label calibration alone refuses about a third of unseen
 banking77 intents at its 2-point budget, since the frozen features place them among the taught
-ones; a few examples of what is out of scope mark where those intents lie (bench/quality.py).
+ones; a few examples of what is out of scope mark where those intents lie
+(bench/out_of_scope.py: 20 of them took a linear head from 27 % to 51 % at 1.7 points).
 """
 
 from __future__ import annotations
