@@ -115,12 +115,8 @@ def data_warnings(inputs: Sequence[Hashable], labels: Sequence[Hashable]) -> lis
         warnings.append(f"{duplicates} duplicated example(s) (same input, same label)")
     conflicts = sum(1 for found in labels_of.values() if len(found) > 1)
     if conflicts:
-        warnings.append(
-            f"{conflicts} input(s) appear under more than one label (or under a label and as "
-            "out of scope)"
-            if OUT_OF_SCOPE in labels
-            else f"{conflicts} input(s) appear under more than one label"
-        )
+        aside = " (or under a label and as out of scope)" if OUT_OF_SCOPE in labels else ""
+        warnings.append(f"{conflicts} input(s) appear under more than one label{aside}")
     counts = _label_counts(labels)
     counts.pop(OUT_OF_SCOPE, None)
     single = sorted(label for label, n in counts.items() if n == 1)

@@ -31,7 +31,7 @@ from adapters.scope import OUT_OF_SCOPE, answers
 from adapters.training import fit_head
 from bench.datasets import Labelled, banking77, few_shot
 from bench.machine import cpu_name
-from bench.quality import OUT_OF_SCOPE_LABELS, Encoder, States, head_input
+from bench.quality import OUT_OF_SCOPE_LABELS, Encoder, States, head_input, write_results
 from service.backbone import configure_torch_threads
 
 RESULTS = Path(__file__).with_name("RESULTS-out-of-scope.md")
@@ -148,14 +148,8 @@ def write(results: dict[str, list[dict[str, float]]], args: argparse.Namespace) 
         f"pass, with the token states `matching` reads, for every kind, plus the fit.",
         "",
         *rows,
-        "",
-        "```",
-        *(f"FIGURE {name} {value:.4f}" for name, value in figures.items()),
-        "```",
-        "",
     ]
-    RESULTS.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results(RESULTS, lines, figures)
 
 
 if __name__ == "__main__":

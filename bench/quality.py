@@ -436,14 +436,16 @@ def write(
         f"what calibrating on the examples can reach, not a method.",
         "",
         *abstaining,
-        "",
-        "```",
-        *(f"FIGURE {name} {value:.4f}" for name, value in figures.items()),
-        "```",
-        "",
     ]
-    RESULTS.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results(RESULTS, lines, figures)
+
+
+def write_results(path: Path, lines: list[str], figures: dict[str, float]) -> None:
+    """Print ``lines`` then the ``FIGURE name value`` lines, and write both to ``path``."""
+    text = "\n".join([*lines, "", "```", *(f"FIGURE {n} {v:.4f}" for n, v in figures.items())])
+    text += "\n```\n"
+    path.write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
