@@ -27,7 +27,10 @@ REFUSED = -1.0
 
 def label_columns(classes: Sequence[str]) -> np.ndarray:
     """Indices of the columns that are labels, not the out-of-scope class."""
-    return np.asarray([i for i, label in enumerate(classes) if label != OUT_OF_SCOPE], dtype=int)
+    columns = np.arange(len(classes))
+    if not learns_out_of_scope(classes):  # most heads: every column, without a Python loop
+        return columns
+    return np.delete(columns, list(classes).index(OUT_OF_SCOPE))
 
 
 def learns_out_of_scope(classes: Sequence[str]) -> bool:
@@ -38,13 +41,14 @@ def answers(classes: Sequence[str], proba: np.ndarray) -> tuple[np.ndarray, np.n
     """Per row, the column of the likeliest label and a score to compare with an abstention
     threshold: that label's probability, or :data:`REFUSED` where the out-of-scope class is
     likelier than every label."""
+    if not learns_out_of_scope(classes):
+        best = proba.argmax(axis=1)
+        return best, proba[np.arange(len(proba)), best].astype(np.float64)
     columns = label_columns(classes)
     best = columns[proba[:, columns].argmax(axis=1)]
     score = proba[np.arange(len(proba)), best].astype(np.float64)
-    if learns_out_of_scope(classes):
-        refused = proba[:, list(classes).index(OUT_OF_SCOPE)] > score
-        score = np.where(refused, REFUSED, score)
-    return best, score
+    refused = proba[:, list(classes).index(OUT_OF_SCOPE)] > score
+    return best, np.where(refused, REFUSED, score)
 
 
 def labels_of(classes: Sequence[str]) -> list[str]:
